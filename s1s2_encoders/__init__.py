@@ -1,0 +1,60 @@
+"""s1s2_encoders: pretrained multi-modal Sentinel-1 + Sentinel-2 encoders.
+
+>>> from s1s2_encoders import load_backbone
+>>> model = load_backbone("swin-s1s2", pretrained=False)
+>>> emb = model.embed(s1, s2)          # S1 dB (2, H, W) + S2 L1C DN (13, H, W) -> (1, 1536)
+"""
+
+from .bands import S1_BANDS, S2_L1C_BANDS, S2_L2A_BANDS
+from .config import ModelConfig
+from .errors import (
+    BandError,
+    CheckpointError,
+    ChecksumError,
+    ConfigError,
+    DownloadError,
+    InputShapeError,
+    InvalidValueError,
+    ModelNotCachedError,
+    ModelNotFoundError,
+    S1S2Error,
+    UnitsError,
+    WeightsNotAvailableError,
+)
+from .hub import push_to_hub, resolve_model
+from .models import S1S2Backbone, create_backbone, load_backbone
+from .preprocess import Normalization, fixed_clip_scale, fixed_standardize, sslt_channel_max
+from .registry import get_entry, list_models
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BandError",
+    "CheckpointError",
+    "ChecksumError",
+    "ConfigError",
+    "DownloadError",
+    "InputShapeError",
+    "InvalidValueError",
+    "ModelConfig",
+    "ModelNotCachedError",
+    "ModelNotFoundError",
+    "Normalization",
+    "S1S2Backbone",
+    "S1S2Error",
+    "S1_BANDS",
+    "S2_L1C_BANDS",
+    "S2_L2A_BANDS",
+    "UnitsError",
+    "WeightsNotAvailableError",
+    "__version__",
+    "create_backbone",
+    "fixed_clip_scale",
+    "fixed_standardize",
+    "get_entry",
+    "list_models",
+    "load_backbone",
+    "push_to_hub",
+    "resolve_model",
+    "sslt_channel_max",
+]

@@ -1,0 +1,149 @@
+"""The ``s1s2`` command.
+
+Each subcommand is a pair of functions: ``_add_<name>(subparsers)`` declares its arguments and
+``_run_<name>(args)`` does the work and returns an exit code. Errors of this package
+(:class:`~s1s2_encoders.errors.S1S2Error`) are printed as one clear line and exit with status 2;
+anything else is a bug and shows its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, Sequence
+
+from . import __version__
+from .errors import S1S2Error
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list the registry's models and whether their weights are available")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(run=_run_models)
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from .registry import list_models
+
+    entries = list_models()
+    if args.json:
+        rows = [
+            {
+                "name": e.name, "architecture": e.architecture, "available": e.available, "status": e.status,
+                "repo_id": e.repo_id, "revision": e.revision, "sha256": e.sha256, "license": e.license,
+                "input_size": e.input_size, "description": e.description,
+            }
+            for e in entries
+        ]
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max(len(e.name) for e in entries)
+    print(f"{'name':<{width}}  {'architecture':<12}  status")
+    for e in entries:
+        print(f"{e.name:<{width}}  {e.architecture:<12}  {e.status}")
+    print("\nUse `s1s2 info NAME` for details; load_backbone(NAME, pretrained=False) builds random weights.")
+    return 0
+
+
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="show a registry entry or a checkpoint folder: bands, units, normalisation, licence")
+    p.add_argument("model", help="registry name or checkpoint folder")
+    p.set_defaults(run=_run_info)
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .checkpoint import read_config
+    from .registry import REGISTRY
+
+    if args.model in REGISTRY:
+        entry = REGISTRY[args.model]
+        config = entry.config()
+        print(f"name:          {entry.name}")
+        print(f"description:   {entry.description}")
+        print(f"status:        {entry.status}")
+        if entry.available:
+            print(f"hub:           {entry.repo_id} @ {entry.revision}")
+            print(f"sha256:        {entry.sha256}")
+        print(f"original:      {entry.original_weights}")
+        print(f"license:       {entry.license} - {entry.license_note}")
+    elif Path(args.model).is_dir():
+        config = read_config(args.model)
+        print(f"folder:        {args.model}")
+        print(f"name:          {config.name}")
+        print(f"license:       {config.license}")
+    else:
+        from .registry import get_entry
+
+        get_entry(args.model)  # raises ModelNotFoundError listing the names
+        return 2
+    print(f"architecture:  {config.architecture} (timm {config.timm_name}) x 2 towers, task {config.task}")
+    print(f"s1 bands:      {', '.join(config.s1_bands)}  [{config.input_units['s1']}]")
+    print(f"s2 bands:      {', '.join(config.s2_bands)}  [{config.input_units['s2']}]")
+    print(f"normalisation: {json.dumps(config.normalization.to_dict())}")
+    print(f"trained crops: {config.input_size} x {config.input_size} px")
+    if config.citation:
+        print("citation:")
+        print(config.citation)
+    if args.model in REGISTRY and not REGISTRY[args.model].available:
+        print()
+        print(REGISTRY[args.model].how_to_get())
+    return 0
+
+
+def _add_download(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("download", help="download a model into the Hugging Face cache (for later offline use)")
+    p.add_argument("model", help="registry name or hf-hub:ORG/REPO[@REV]")
+    p.add_argument("--revision", default=None)
+    p.add_argument("--cache-dir", default=None)
+    p.set_defaults(run=_run_download)
+
+
+def _run_download(args: argparse.Namespace) -> int:
+    from .hub import resolve_model
+
+    source = resolve_model(args.model, revision=args.revision, cache_dir=args.cache_dir)
+    print(f"{args.model}: {source.folder} (sha256 {source.sha256})")
+    return 0
+
+
+# Subcommands in help order.
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_models,
+    _add_info,
+    _add_download,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="s1s2",
+        description="Pretrained Sentinel-1 + Sentinel-2 encoders: list, inspect and run models.",
+    )
+    parser.add_argument("--version", action="version", version=f"s1s2-encoders {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.run(args) or 0)
+    except S1S2Error as exc:
+        print(f"s1s2 {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"s1s2 {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

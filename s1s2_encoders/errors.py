@@ -1,0 +1,56 @@
+"""Exceptions raised by s1s2_encoders.
+
+Every error subclasses both :class:`S1S2Error` (catch everything from this package) and the
+built-in exception a user would expect (``ValueError`` for bad input, ``FileNotFoundError`` for a
+missing checkpoint, ...), so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+
+class S1S2Error(Exception):
+    """Base class of all errors raised by s1s2_encoders."""
+
+
+class BandError(S1S2Error, ValueError):
+    """Band names or channel counts do not match what the model expects."""
+
+
+class InputShapeError(S1S2Error, ValueError):
+    """An input array has the wrong rank, dtype or size, or S1 and S2 do not match."""
+
+
+class InvalidValueError(S1S2Error, ValueError):
+    """An input contains NaN or infinite values and no nodata handling was asked for."""
+
+
+class UnitsError(S1S2Error, ValueError):
+    """Input values look like the wrong units (S2 scaled to 0-1, S1 in linear power instead of dB)."""
+
+
+class ConfigError(S1S2Error, ValueError):
+    """A model config (config.json) is malformed or inconsistent."""
+
+
+class CheckpointError(S1S2Error, ValueError):
+    """A weights file does not match the architecture (missing / unexpected / mis-shaped keys)."""
+
+
+class ChecksumError(S1S2Error, OSError):
+    """A downloaded file's sha256 differs from the one recorded for it."""
+
+
+class ModelNotFoundError(S1S2Error, FileNotFoundError):
+    """A model name, folder or hub repository could not be found."""
+
+
+class ModelNotCachedError(S1S2Error, FileNotFoundError):
+    """Offline mode is on and the requested model is not in the local cache."""
+
+
+class WeightsNotAvailableError(S1S2Error, RuntimeError):
+    """A registry entry has no published weights on the Hub (yet)."""
+
+
+class DownloadError(S1S2Error, OSError):
+    """A download failed (server error, truncated transfer, ...)."""

@@ -1,0 +1,96 @@
+"""A Hugging Face model card (``README.md``) generated from a model config.
+
+Published checkpoints get hand-written cards (``model_cards/``); this renderer gives every other
+saved folder a card that states what the model takes and how to load it, with correct metadata.
+"""
+
+from __future__ import annotations
+
+import json
+
+from .bands import UNITS
+from .config import ModelConfig
+
+LIBRARY_NAME = "s1s2-encoders"
+BASE_TAGS = ("remote-sensing", "earth-observation", "sentinel-1", "sentinel-2", "s1s2-encoders")
+
+
+def card_metadata(config: ModelConfig) -> dict[str, object]:
+    """YAML front matter for the Hub."""
+    tags = list(BASE_TAGS)
+    if config.task == "backbone":
+        tags.append("feature-extraction")
+    tags.append(config.architecture)
+    return {
+        "license": config.license or "other",
+        "library_name": LIBRARY_NAME,
+        "tags": tags,
+        "pipeline_tag": "image-feature-extraction" if config.task == "backbone" else "image-segmentation"
+        if config.task == "segmentation" else "image-classification",
+    }
+
+
+def _yaml(metadata: dict[str, object]) -> str:
+    lines = []
+    for key, value in metadata.items():
+        if isinstance(value, list):
+            lines.append(f"{key}:")
+            lines.extend(f"- {item}" for item in value)
+        else:
+            lines.append(f"{key}: {value}")
+    return "\n".join(lines)
+
+
+def render_model_card(config: ModelConfig) -> str:
+    """Markdown model card with YAML metadata for a checkpoint folder."""
+    norm = config.normalization
+    if norm.kind == "sslt_channel_max":
+        norm_text = (
+            "`sslt_channel_max` (the original SSLTransformerRS normalisation): S1 clipped to "
+            f"[{norm.s1.clip[0]:g}, {norm.s1.clip[1]:g}] dB and shifted to start at 0, S2 clipped to "
+            f"[{norm.s2.clip[0]:g}, {norm.s2.clip[1]:g}], then every channel divided by its own maximum in "
+            "the sample. Values depend on the tile's content: whole-scene inference shows seams at tile borders."
+        )
+    else:
+        norm_text = (
+            "`fixed` (content-independent): clip, then per-band `(x - mean) / std` as recorded in "
+            "`config.json`. Overlapping tiles of a scene agree."
+        )
+    name = config.name or f"{config.architecture} S1+S2 {config.task}"
+    provenance = json.dumps(config.provenance, indent=2, sort_keys=True) if config.provenance else "{}"
+    citation = f"\n## Citation\n\n```bibtex\n{config.citation}\n```\n" if config.citation else ""
+    return f"""---
+{_yaml(card_metadata(config))}
+---
+
+# {name}
+
+A two-tower Sentinel-1 + Sentinel-2 {config.task} ({config.architecture}) for the
+[s1s2-encoders](https://github.com/s1s2-encoders/s1s2-encoders) package.
+
+## Inputs
+
+| modality | bands (model order) | units |
+|---|---|---|
+| Sentinel-1 | {", ".join(config.s1_bands)} | {config.input_units.get("s1", UNITS["s1"])} |
+| Sentinel-2 | {", ".join(config.s2_bands)} | {config.input_units.get("s2", UNITS["s2"])} |
+
+Normalisation is applied inside the model: {norm_text}
+Sentinel-2 products from processing baseline 04.00 on (25 January 2022) carry a +1000 offset:
+pass `s2_offset=1000` for them. Trained on {config.input_size} x {config.input_size} pixel crops;
+any size works.
+
+## Usage
+
+```python
+from s1s2_encoders import load_backbone
+model = load_backbone("path/or/hf-hub:ORG/REPO")
+emb = model.embed(s1, s2)   # s1: (2, H, W) dB, s2: (13, H, W) L1C DN -> (1, D)
+```
+
+## Provenance
+
+```json
+{provenance}
+```
+{citation}"""

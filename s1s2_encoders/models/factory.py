@@ -1,0 +1,70 @@
+"""``load_backbone``: one entry point for registry names, local folders and hub repositories."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from ..checkpoint import load_state_dict_strict, read_config, read_weights
+from ..config import ModelConfig
+from ..errors import ConfigError
+from ..hub import resolve_model
+from ..registry import REGISTRY, get_entry
+from .backbone import S1S2Backbone
+
+
+def create_backbone(config: ModelConfig) -> S1S2Backbone:
+    """Build a backbone with random weights from a config."""
+    if config.task != "backbone":
+        raise ConfigError(f"config describes a {config.task} model, not a backbone; use load_model()")
+    return S1S2Backbone(config)
+
+
+def load_backbone(
+    name_or_path: str | os.PathLike[str] | ModelConfig,
+    *,
+    pretrained: bool = True,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    local_files_only: bool = False,
+    force_download: bool = False,
+    token: str | bool | None = None,
+    device: str | torch.device | None = None,
+) -> S1S2Backbone:
+    """Load a two-tower S1 + S2 backbone, in eval mode.
+
+    Args:
+        name_or_path: a registry name (``"swin-s1s2"``, ``"resnet50-s1s2"``, ``"resnet18-s1s2"``,
+            see :func:`list_models`), a local checkpoint folder, ``"hf-hub:ORG/REPO[@REVISION]"``,
+            or a :class:`ModelConfig` (random weights).
+        pretrained: load weights; ``False`` builds the architecture with random weights (timm's
+            convention) and never touches the network for registry names.
+        revision, cache_dir, local_files_only, force_download, token: hub options (see
+            :func:`s1s2_encoders.hub.resolve_model`).
+        device: move the model there.
+
+    Raises:
+        ModelNotFoundError, WeightsNotAvailableError, ModelNotCachedError, ChecksumError,
+        DownloadError, ConfigError, CheckpointError (see :mod:`s1s2_encoders.errors`).
+    """
+    if isinstance(name_or_path, ModelConfig):
+        model = create_backbone(name_or_path)
+    elif not pretrained and isinstance(name_or_path, str) and name_or_path in REGISTRY:
+        model = create_backbone(get_entry(name_or_path).config())
+    else:
+        source = resolve_model(
+            name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
+            force_download=force_download, token=token,
+        )
+        config = read_config(source.folder)
+        if source.kind != "local":
+            config.provenance = {**config.provenance, "loaded_from": f"{source.repo_id}@{source.revision}"}
+        model = create_backbone(config)
+        if pretrained:
+            load_state_dict_strict(model, read_weights(source.folder), str(source.folder / "model.safetensors"))
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return model

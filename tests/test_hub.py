@@ -1,0 +1,164 @@
+"""The hub code path against a real HTTP server on 127.0.0.1 (huggingface_hub does the downloading)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import synthetic_pair, tiny_model
+from hub_server import FakeHub, HubServer
+
+from s1s2_encoders import (
+    ChecksumError,
+    DownloadError,
+    ModelNotCachedError,
+    ModelNotFoundError,
+    WeightsNotAvailableError,
+    load_backbone,
+)
+from s1s2_encoders.checkpoint import sha256_file
+from s1s2_encoders.registry import REGISTRY, RegistryEntry
+
+REPO_ID = "s1s2-test/tiny-swin"
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A tiny model saved as a checkpoint folder, and its reference embedding."""
+    model = tiny_model("swin-t")
+    folder = model.save_pretrained(tmp_path_factory.mktemp("ckpt") / "tiny-swin")
+    s1, s2 = synthetic_pair()
+    return folder, model.embed(s1, s2), (s1, s2)
+
+
+@pytest.fixture()
+def hub(saved, monkeypatch):
+    folder, _, _ = saved
+    fake = FakeHub()
+    fake.add_folder(REPO_ID, folder)
+    with HubServer(fake) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        yield server
+
+
+def test_download_then_cache_with_server_stopped(hub, saved, tmp_path):
+    folder, reference, (s1, s2) = saved
+    cache = tmp_path / "cache"
+    model = load_backbone(f"hf-hub:{REPO_ID}", cache_dir=cache)
+    np.testing.assert_array_equal(model.embed(s1, s2), reference)
+    assert ("GET", f"{REPO_ID}/main/model.safetensors") in hub.hub.requests
+    hub.stop()
+    # Server gone: the cached copy is used (huggingface_hub falls back to the cache).
+    again = load_backbone(f"hf-hub:{REPO_ID}", cache_dir=cache)
+    np.testing.assert_array_equal(again.embed(s1, s2), reference)
+    assert again.config.provenance["loaded_from"] == f"{REPO_ID}@main"
+
+
+def test_offline_mode_uses_cache_and_explains_when_not_cached(hub, saved, tmp_path, monkeypatch):
+    _, reference, (s1, s2) = saved
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotCachedError, match=r"not in the local cache and offline mode is on \(HF_HUB_OFFLINE=1\).*s1s2 download"):
+        load_backbone(f"hf-hub:{REPO_ID}", cache_dir=cache)
+    assert not hub.hub.requests  # offline really means no request
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    load_backbone(f"hf-hub:{REPO_ID}", cache_dir=cache)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    before = len(hub.hub.requests)
+    model = load_backbone(f"hf-hub:{REPO_ID}", cache_dir=cache)
+    np.testing.assert_array_equal(model.embed(s1, s2), reference)
+    assert len(hub.hub.requests) == before
+    with pytest.raises(ModelNotCachedError, match=r"local_files_only=True"):
+        monkeypatch.delenv("HF_HUB_OFFLINE")
+        load_backbone(f"hf-hub:{REPO_ID}", cache_dir=tmp_path / "empty", local_files_only=True)
+
+
+def test_unknown_repo_file_and_revision_give_404_errors(hub, tmp_path):
+    with pytest.raises(ModelNotFoundError, match=r"repository s1s2-test/missing not found"):
+        load_backbone("hf-hub:s1s2-test/missing", cache_dir=tmp_path)
+    with pytest.raises(ModelNotFoundError, match=r"revision 'v9' not found in s1s2-test/tiny-swin"):
+        load_backbone(f"hf-hub:{REPO_ID}@v9", cache_dir=tmp_path)
+    del hub.hub.repos[REPO_ID].files["model.safetensors"]
+    with pytest.raises(ModelNotFoundError, match=r"has no file model.safetensors"):
+        load_backbone(f"hf-hub:{REPO_ID}", cache_dir=tmp_path)
+
+
+def test_server_error_is_a_download_error(hub, tmp_path):
+    hub.hub.faults[(REPO_ID, "model.safetensors")] = "500_get"
+    with pytest.raises(DownloadError, match=r"the hub answered with an error for model.safetensors: Server error '500"):
+        load_backbone(f"hf-hub:{REPO_ID}", cache_dir=tmp_path)
+    assert not list(tmp_path.glob("models--*/snapshots/*/model.safetensors"))
+
+
+def test_server_error_on_metadata_is_a_download_error(hub, tmp_path, monkeypatch):
+    import huggingface_hub.utils._http as hf_http
+
+    monkeypatch.setattr(hf_http.time, "sleep", lambda seconds: None)  # skip the client's back-off waits
+    hub.hub.faults[(REPO_ID, "model.safetensors")] = "500"
+    with pytest.raises(DownloadError, match=r"could not download model.safetensors from s1s2-test/tiny-swin@main"):
+        load_backbone(f"hf-hub:{REPO_ID}", cache_dir=tmp_path)
+
+
+def test_corrupted_file_is_refused_and_evicted(hub, saved, tmp_path):
+    folder, reference, (s1, s2) = saved
+    hub.hub.faults[(REPO_ID, "model.safetensors")] = "corrupt"
+    with pytest.raises(ChecksumError, match=r"has sha256 [0-9a-f]{64}, expected [0-9a-f]{64}.*removed from the cache; nothing was loaded"):
+        load_backbone(f"hf-hub:{REPO_ID}", cache_dir=tmp_path)
+    blobs = list(tmp_path.glob("models--*/blobs/*"))
+    assert all(sha256_file(b) != "" for b in blobs)
+    assert not any(b.stat().st_size > 10_000 for b in blobs)  # the corrupted weights are gone
+    # Once the server is healthy, the next load downloads a good copy.
+    del hub.hub.faults[(REPO_ID, "model.safetensors")]
+    model = load_backbone(f"hf-hub:{REPO_ID}", cache_dir=tmp_path)
+    np.testing.assert_array_equal(model.embed(s1, s2), reference)
+
+
+def test_truncated_transfer_is_a_download_error_and_leaves_nothing(hub, tmp_path):
+    hub.hub.faults[(REPO_ID, "model.safetensors")] = "truncate"
+    with pytest.raises(DownloadError, match=r"model.safetensors.*(Consistency check failed|size)"):
+        load_backbone(f"hf-hub:{REPO_ID}", cache_dir=tmp_path)
+    assert not list(tmp_path.glob("models--*/snapshots/*/model.safetensors"))
+
+
+def test_broken_connection_is_resumed(hub, saved, tmp_path):
+    _, reference, (s1, s2) = saved
+    hub.hub.faults[(REPO_ID, "model.safetensors")] = "drop_once"
+    model = load_backbone(f"hf-hub:{REPO_ID}", cache_dir=tmp_path)
+    np.testing.assert_array_equal(model.embed(s1, s2), reference)
+    ranged = [r for r in hub.hub.requests if r == ("GET", f"{REPO_ID}/main/model.safetensors")]
+    assert len(ranged) == 2  # the first broke off, the second resumed
+
+
+def test_registry_name_is_pinned_to_commit_and_sha256(hub, saved, tmp_path, monkeypatch):
+    folder, reference, (s1, s2) = saved
+    commit = hub.hub.repos[REPO_ID].commit
+    entry = RegistryEntry(
+        name="tiny-test", architecture="swin-t", description="test", input_size=224, license="other",
+        license_note="", citation="", repo_id=REPO_ID, revision=commit, sha256=sha256_file(folder / "model.safetensors"),
+    )
+    monkeypatch.setitem(REGISTRY, "tiny-test", entry)
+    model = load_backbone("tiny-test", cache_dir=tmp_path)
+    np.testing.assert_array_equal(model.embed(s1, s2), reference)
+    assert ("GET", f"{REPO_ID}/{commit}/model.safetensors") in hub.hub.requests
+    # A registry sha256 that the file does not have is refused.
+    wrong = RegistryEntry(**{**entry.__dict__, "name": "tiny-wrong", "sha256": "0" * 64})
+    monkeypatch.setitem(REGISTRY, "tiny-wrong", wrong)
+    with pytest.raises(ChecksumError, match=r"expected 0{64}"):
+        load_backbone("tiny-wrong", cache_dir=tmp_path / "other")
+
+
+def test_published_entries_without_weights_explain_how_to_get_them():
+    with pytest.raises(WeightsNotAvailableError, match=r"(?s)not on the Hugging Face Hub yet.*drive.google.com.*s1s2 convert ORIGINAL.pth --arch swin-t"):
+        load_backbone("swin-s1s2")
+
+
+def test_unknown_names_and_paths(tmp_path):
+    with pytest.raises(ModelNotFoundError, match=r"'swin-s1s3' is neither a registry name \(swin-s1s2, resnet50-s1s2, resnet18-s1s2\) nor an existing folder"):
+        load_backbone("swin-s1s3")
+    with pytest.raises(ModelNotFoundError, match=r"For a hub repository use 'hf-hub:org/repo'"):
+        load_backbone("org/repo")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFoundError, match=r"config.json is missing"):
+        load_backbone(tmp_path / "empty")
+    with pytest.raises(ModelNotFoundError, match=r"not a valid hub reference"):
+        load_backbone("hf-hub:not a repo")
