@@ -9,7 +9,9 @@ anything else is a bug and shows its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -109,11 +111,160 @@ def _run_download(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- whole scenes (geo)
+def _csv(text: str) -> list[str]:
+    return [t for t in (part.strip() for part in text.split(",")) if t]
+
+
+def _offset(text: str) -> float | None:
+    if text.lower() == "auto":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--s2-offset takes 'auto' or a number, got {text!r}") from None
+
+
+def _add_scene_options(p: argparse.ArgumentParser) -> None:
+    """Input, tiling and run options shared by ``embed`` and ``predict``."""
+    inputs = p.add_argument_group("inputs (one scene: --s1/--s2 FILES -o FILE; many: --scenes LIST or glob patterns, -o FOLDER)")
+    inputs.add_argument("--s1", nargs="+", metavar="PATH",
+                        help="Sentinel-1 GeoTIFF (VV, VH in dB), or per-band files / a folder of them; with -o FOLDER a quoted glob pattern")
+    inputs.add_argument("--s2", nargs="+", metavar="PATH",
+                        help="Sentinel-2 GeoTIFF with all bands, or per-band files at 10/20/60 m (resampled to the 10 m grid) / a folder of them (BigEarthNet, SAFE IMG_DATA)")
+    inputs.add_argument("--scenes", metavar="LIST", help="text file, one scene per line: S1 S2 [OUTPUT] ('-' for a missing modality)")
+    inputs.add_argument("--s1-bands", type=_csv, metavar="NAMES", help="band names of the S1 input in order, comma-separated ('-' for unused bands); default: band descriptions, else VV,VH")
+    inputs.add_argument("--s2-bands", type=_csv, metavar="NAMES", help="band names of the S2 input in order (e.g. the 12 L2A bands), '-' for unused bands; default: band descriptions / file names, else model order")
+    inputs.add_argument("--s1-linear", action="store_true", help="S1 holds linear power: convert to dB (10 log10)")
+    inputs.add_argument("--s2-offset", type=_offset, default=None, metavar="auto|DN",
+                        help="digital numbers to subtract from S2 (1000 for processing baseline >= 04.00, i.e. from 25 Jan 2022); auto (default): from the product metadata when present, else 0 with a warning if the values look offset")
+    inputs.add_argument("--align", action="store_true", help="warp S1 onto the S2 grid when their CRS/transform/size differ (default: refuse)")
+    inputs.add_argument("--resampling", default="bilinear", choices=("nearest", "bilinear", "cubic", "average"),
+                        help="resampling for 20/60 m bands and --align (default bilinear)")
+    p.add_argument("-o", "--output", required=True, help="output file (one scene) or existing folder (many scenes)")
+    p.add_argument("--model", default="swin-s1s2", help="registry name, checkpoint folder or hf-hub:ORG/REPO (default swin-s1s2)")
+    run = p.add_argument_group("tiling and inference")
+    run.add_argument("--tile", type=int, default=448, help="tile size in pixels, a multiple of 32 (default 448)")
+    run.add_argument("--overlap", type=int, default=64, help="overlap between tiles in pixels, a multiple of 32, blended with smooth weights (default 64)")
+    run.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass (default 8)")
+    run.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK under torchrun with GPUs, else cuda if available, else cpu)")
+    run.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="compute precision (autocast)")
+    run.add_argument("--compress", default="deflate", choices=("deflate", "zstd", "lzw", "none"), help="GeoTIFF compression (default deflate)")
+    run.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse; with many scenes, skip complete ones)")
+    run.add_argument("--resume", action="store_true", help="continue an interrupted run from its partial output (same parameters); keeps partial output when interrupted")
+    run.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS", help="with --resume: how often the partial output is made resumable (default 60)")
+    run.add_argument("--no-check-units", dest="check_units", action="store_false", help="do not check for S2 reflectance in 0-1 / S1 in linear power")
+    run.add_argument("--quiet", action="store_true", help="no progress line")
+
+
+def _scene_inputs(args: argparse.Namespace, job):  # -> geo.SceneInputs
+    from .geo.scene import SceneInputs
+
+    return SceneInputs(
+        s1=list(job.s1) if job.s1 else None, s2=list(job.s2) if job.s2 else None,
+        s1_bands=args.s1_bands, s2_bands=args.s2_bands, s1_linear=args.s1_linear, s2_offset=args.s2_offset,
+        align=args.align, resampling=args.resampling,
+    )
+
+
+def _limit_gdal_cache() -> None:
+    # GDAL sizes its block cache once, from this variable, the first time it needs it; a modest
+    # cache keeps memory independent of the scene size (tiles are read in order, little is reused).
+    os.environ.setdefault("GDAL_CACHEMAX", "128")
+
+
+@contextlib.contextmanager
+def _plain_warnings(command: str, prefix: str = ""):
+    """Show warnings as one ``s1s2 CMD: warning: ...`` line each, not with a source line."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"{prefix}s1s2 {command}: warning: {message}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
+def _run_scenes(args: argparse.Namespace, suffix: str, load: Callable, work: Callable, is_complete: Callable) -> int:
+    from .geo.runner import build_jobs, default_device, distributed, run_jobs
+    from .geo.scenes import Shard
+
+    jobs, multi = build_jobs(args.s1, args.s2, args.scenes, args.output, suffix)
+    shard = Shard.from_env()
+    device = default_device(shard, args.device)
+    with _plain_warnings(args.command, f"[{shard.label}] " if shard.label else ""), distributed(shard, device) as gather:
+        model = load(args.model, device)
+        summary = run_jobs(jobs, lambda job, label: work(model, job, label, device), shard=shard, multi=multi,
+                           is_complete=is_complete, overwrite=args.overwrite)
+        everyone = gather(summary)
+    if multi and shard.rank == 0:
+        written = sum(len(s.written) for s in everyone)
+        skipped = sum(len(s.skipped) for s in everyone)
+        failed = sum(len(s.failed) for s in everyone)
+        print(f"{len(jobs)} scene(s): {written} written, {skipped} skipped (complete), {failed} failed"
+              + (f", {shard.world} processes" if shard.world > 1 else ""))
+    return summary.exit_code
+
+
+def _writer_tags() -> dict[str, str]:
+    """Which process wrote an output (for torchrun jobs)."""
+    from .geo.scenes import Shard
+
+    shard = Shard.from_env()
+    return {"S1S2_WRITER": f"rank {shard.rank} of {shard.world}"}
+
+
+def _add_embed(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "embed", help="embed whole S1/S2 GeoTIFF scenes into a georeferenced embedding GeoTIFF (streamed)",
+        description="Embed whole scenes tile by tile with bounded memory. Output: float32 GeoTIFF, one band per "
+        "feature (S1 features then S2), NaN where there was no data, CRS of the input and its transform scaled to "
+        "the output cell.",
+    )
+    _add_scene_options(p)
+    out = p.add_argument_group("embedding output")
+    out.add_argument("--modality", default="both", choices=("both", "s1", "s2"), help="towers to run (default both)")
+    out.add_argument("--stride", type=int, default=32, choices=(4, 8, 16, 32), help="input pixels per output cell of the dense map (pyramid level; default 32)")
+    out.add_argument("--pooled", action="store_true", help="one pooled vector per non-overlapping --tile x --tile cell instead of a dense map")
+    out.add_argument("--format", dest="fmt", default="tif", choices=("tif", "npy"), help="tif (GeoTIFF) or npy ((H, W, C) float32 + NAME.json with CRS and transform)")
+    p.set_defaults(run=_run_embed)
+
+
+def _run_embed(args: argparse.Namespace) -> int:
+    _limit_gdal_cache()
+    from .geo.embed import embed_scene
+    from .geo.writers import is_complete_geotiff
+    from .models import load_backbone
+
+    suffix = ".npy" if args.fmt == "npy" else ".tif"
+
+    def load(name: str, device: str):
+        return load_backbone(name, device=device)
+
+    def work(model, job, label: str, device: str):
+        return embed_scene(
+            model, _scene_inputs(args, job), job.output, modality=args.modality, stride=args.stride,
+            pooled=args.pooled, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, device=device,
+            dtype=args.dtype, fmt=args.fmt, compress=args.compress, overwrite=args.overwrite, resume=args.resume,
+            check_units=args.check_units, progress=not args.quiet, label=label, extra_tags=_writer_tags(),
+            checkpoint_every=args.checkpoint_every,
+        )
+
+    def is_complete(job) -> bool:
+        if args.fmt == "npy":
+            return job.output.is_file() and job.output.with_name(job.output.name + ".json").is_file()
+        return is_complete_geotiff(job.output)
+
+    return _run_scenes(args, suffix, load, work, is_complete)
+
+
 # Subcommands in help order.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_models,
     _add_info,
     _add_download,
+    _add_embed,
 ]
 
 

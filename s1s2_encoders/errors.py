@@ -54,3 +54,15 @@ class WeightsNotAvailableError(S1S2Error, RuntimeError):
 
 class DownloadError(S1S2Error, OSError):
     """A download failed (server error, truncated transfer, ...)."""
+
+
+class GridMismatchError(S1S2Error, ValueError):
+    """Rasters that must share a pixel grid (CRS, transform, size) do not."""
+
+
+class RasterReadError(S1S2Error, OSError):
+    """A raster file is missing, unreadable, or not what it should be (band count, band names)."""
+
+
+class OutputExistsError(S1S2Error, FileExistsError):
+    """An output file exists already and overwriting was not asked for."""

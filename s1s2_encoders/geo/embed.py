@@ -1,0 +1,214 @@
+"""``embed_scene``: a whole S1/S2 scene -> a georeferenced embedding GeoTIFF (or ``.npy``)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .. import __version__
+from .._warnings import warn_user
+from ..bands import Modality
+from ..models.backbone import MODALITIES, S1S2Backbone, resolve_dtype
+from ..models.towers import PYRAMID_STRIDES
+from .grid import Grid
+from .progress import Progress
+from .scene import MODALITY_CHOICES, Scene, SceneInputs, check_first_batch, model_fingerprint, open_scene
+from .stream import Batch, stream_scene
+from .tiling import TilePlan
+from .writers import COMPRESSIONS, GeoTiffSink, NpySink, OutputSet, check_output_path
+
+SEAM_WARNING = (
+    "this model normalises each tile by its own per-channel maximum (sslt_channel_max, the "
+    "original SSLTransformerRS normalisation), so the same pixel gets different inputs in "
+    "neighbouring tiles and seams between tiles are unavoidable; --overlap blends them smoothly "
+    "but cannot remove them. Models with a fixed normalisation have no such seams."
+)
+
+
+@dataclass
+class SceneResult:
+    """What a scene run produced.
+
+    Attributes:
+        outputs: the files written (primary first).
+        grid: the output grid (CRS, transform scaled to the output cell, size).
+        tiles: tiles processed in this run; seconds: wall time.
+        resumed_from_row: output rows already on disk from an earlier run.
+        notes: things worth telling the user (band files ignored, S1 warped, offset source).
+    """
+
+    outputs: list[Path]
+    grid: Grid
+    tiles: int
+    seconds: float
+    resumed_from_row: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def modalities_of(modality: str) -> tuple[Modality, ...]:
+    if modality not in MODALITY_CHOICES:
+        raise ValueError(f"modality must be one of {', '.join(MODALITY_CHOICES)}, got {modality!r}")
+    return MODALITIES if modality == "both" else (modality,)  # type: ignore[return-value]
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def warn_if_seams(model: torch.nn.Module, plan: TilePlan) -> None:
+    config = getattr(model, "config", None)
+    if config is not None and config.normalization.kind == "sslt_channel_max" and plan.n_tiles > 1 and not plan.pooled:
+        warn_user(SEAM_WARNING)
+
+
+def embed_scene(
+    model: S1S2Backbone,
+    inputs: SceneInputs,
+    output: str | Path,
+    *,
+    modality: str = "both",
+    stride: int = 32,
+    pooled: bool = False,
+    tile: int = 448,
+    overlap: int = 64,
+    batch_size: int = 8,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    fmt: str = "tif",
+    compress: str = "deflate",
+    overwrite: bool = False,
+    resume: bool = False,
+    check_units: bool = True,
+    progress: bool | Progress = True,
+    label: str | None = None,
+    checkpoint_every: float = 60.0,
+    extra_tags: dict[str, str] | None = None,
+) -> SceneResult:
+    """Embed a whole scene, streaming, and write a georeferenced embedding file.
+
+    Args:
+        model: the backbone.
+        inputs: the scene's files and input options.
+        output: ``.tif`` (or ``.npy`` with ``fmt="npy"``) to write; written under a temporary
+            name and renamed when complete.
+        modality: ``"both"`` (S1 features then S2 features), ``"s1"`` or ``"s2"``.
+        stride: input pixels per output cell of the dense map: 4, 8, 16 or 32 (pyramid level).
+        pooled: one pooled vector per ``tile`` x ``tile`` cell of a tile grid instead of a dense map.
+        tile / overlap: tile size and overlap in pixels (multiples of 32 for dense maps).
+        batch_size / device / dtype: inference options (``dtype`` ``"bfloat16"`` uses autocast).
+        fmt: ``"tif"`` (GeoTIFF, one band per feature) or ``"npy"`` (``(H, W, C)`` array + JSON).
+        compress: GeoTIFF compression.
+        overwrite / resume: replace an existing output / continue an interrupted run.
+        check_units: check the first batch for S2 reflectance in 0-1 and S1 in linear power.
+        progress: show a progress line (or pass a :class:`Progress`).
+
+    Output: float32, one band per feature (S1 features then S2 features), NaN where a cell saw no
+    valid pixel of that modality; CRS as the input, transform the input's scaled by the cell size.
+
+    Raises:
+        RasterReadError, BandError, GridMismatchError, UnitsError, OutputExistsError.
+    """
+    started = time.perf_counter()
+    output = Path(output)
+    if fmt not in ("tif", "npy"):
+        raise ValueError(f"fmt must be 'tif' or 'npy', got {fmt!r}")
+    if compress not in COMPRESSIONS:
+        raise ValueError(f"compress must be one of {', '.join(COMPRESSIONS)}, got {compress!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not pooled and stride not in PYRAMID_STRIDES:
+        raise ValueError(f"stride must be one of {', '.join(map(str, PYRAMID_STRIDES))}, got {stride}")
+    modalities = modalities_of(modality)
+    check_output_path(output, overwrite)
+    scene = open_scene(inputs, modalities, model.config.s1_bands, model.config.s2_bands)
+    grid = scene.grid
+    plan = TilePlan.grid(grid.height, grid.width, tile) if pooled else TilePlan.dense(grid.height, grid.width, tile, overlap, stride)
+    warn_if_seams(model, plan)
+
+    target = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(target).eval()
+    compute_dtype = resolve_dtype(dtype)
+    level = PYRAMID_STRIDES.index(stride) if not pooled else None
+    widths = [model.embed_dims[m] if pooled else model.pyramid_channels[m][level] for m in modalities]
+    groups, start = [], 0
+    for width in widths:
+        groups.append((start, start + width))
+        start += width
+    channels = start
+    descriptions = [f"{m}_{i:04d}" for m, width in zip(modalities, widths) for i in range(width)]
+    out_grid = grid.scaled(plan.cell)
+    tags = {
+        "S1S2_VERSION": __version__,
+        "S1S2_PRODUCT": "embedding",
+        "S1S2_MODEL": str(model.config.name),
+        "S1S2_ARCHITECTURE": model.config.architecture,
+        "S1S2_NORMALIZATION": model.config.normalization.kind,
+        "S1S2_MODALITY": modality,
+        "S1S2_LAYOUT": "pooled per tile" if pooled else f"dense, stride {stride}",
+        "S1S2_CELL_PX": str(plan.cell),
+        "S1S2_TILE": str(tile),
+        "S1S2_OVERLAP": str(0 if pooled else overlap),
+        "S1S2_CHANNELS": ", ".join(f"{m}: bands {a + 1}-{b}" for m, (a, b) in zip(modalities, groups)),
+        "S1S2_S2_OFFSET": f"{scene.s2_offset:g} ({scene.s2_offset_source or 'none given'})" if "s2" in modalities else "",
+        "S1S2_INPUTS": "; ".join(f"{m}: {', '.join(str(p) for p in s.paths)}" for m, s in scene.sources.items()),
+        **(extra_tags or {}),
+    }
+    if fmt == "npy":
+        sink = NpySink(output, out_grid, channels, descriptions, tags)
+    else:
+        sink = GeoTiffSink(output, out_grid, channels, "float32", float("nan"), descriptions, tags,
+                           compress=compress)
+    params = {
+        "product": "embed", "inputs": inputs.identity(), "modality": modality, "stride": stride, "pooled": pooled,
+        "tile": tile, "overlap": overlap, "fmt": fmt, "compress": compress,
+        "model": model_fingerprint(model) if resume else None,
+    }
+    outputs = OutputSet([sink], params, resume=resume, checkpoint_every=checkpoint_every)
+    start_row = outputs.resumable_rows()
+    if start_row >= out_grid.height:
+        start_row = 0
+    if isinstance(progress, Progress):
+        bar = progress
+    else:
+        first = plan.first_row_touching(start_row) if start_row else 0
+        bar = Progress(len(plan.tiles(first)), label or output.name, enabled=bool(progress))
+
+    def infer(batch: Batch) -> np.ndarray:
+        keep = ~batch.empty
+        parts = []
+        with torch.inference_mode(), autocast_context(target, compute_dtype):
+            for m in modalities:
+                x = torch.from_numpy(batch.data[m][keep]).to(target, non_blocking=True)
+                valid_np = batch.valid[m][keep]
+                valid = None if valid_np.all() else torch.from_numpy(valid_np[:, None]).to(target)
+                out = model.encode(m, x, valid=valid, present=scene.sources[m].present, dense=not pooled)
+                if pooled:
+                    parts.append(out.pooled.float()[:, :, None, None])
+                else:
+                    parts.append(out.pyramid[level].float())
+        return torch.cat(parts, dim=1).cpu().numpy()
+
+    try:
+        outputs.open(start_row)
+        tiles = stream_scene(
+            plan=plan, sources=scene.sources, infer=infer, channels=channels, groups=groups, outputs=outputs,
+            batch_size=batch_size, s2_offset=scene.s2_offset, start_row=start_row, progress=bar,
+            on_first_batch=lambda b: check_first_batch(scene, b.data, b.valid, check_units),
+        )
+        outputs.commit()
+    except BaseException:
+        outputs.abort()
+        raise
+    written = [output] + ([sink.sidecar] if isinstance(sink, NpySink) else [])
+    notes = list(scene.notes)
+    if scene.s2_offset_source and scene.s2_offset_source != "--s2-offset":
+        notes.append(f"S2 offset {scene.s2_offset:g} from {scene.s2_offset_source}")
+    return SceneResult(written, out_grid, tiles, time.perf_counter() - started, start_row, notes)

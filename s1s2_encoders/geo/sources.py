@@ -1,0 +1,450 @@
+"""Read one modality of a scene from GeoTIFFs: one multi-band file, or one file per band.
+
+A :class:`ModalitySource` knows, for every band the model uses, which file and band index hold
+it, and how to bring it onto the modality's reference grid:
+
+* Band names come from the files' band descriptions when they name bands (``"B04"``,
+  ``"B4, central wavelength 665 nm"``, ``"VV"``, ``"Sigma0_VH_db"``), else from the file name for
+  single-band files (``..._B8A.tif``, ``T33UUP_..._B8A_20m.jp2``, ``..._VV.tif``), else from the
+  ``--s1-bands`` / ``--s2-bands`` flags, else the file is taken to be in model order.
+* Per-band files at 10, 20 and 60 m (BigEarthNet, SAFE) are resampled **explicitly** to the grid
+  of the finest band (the 10 m grid) through a GDAL warped VRT; bands already on that grid are
+  read directly.
+* ``align_to`` warps the whole modality onto another grid (``--align``: S1 onto the S2 grid).
+
+Reading a window returns float32 values in model band order and a validity mask: a pixel is
+invalid when any band is NaN/inf, equals the band's declared nodata value, is masked by the
+file's mask or alpha band, lies outside the source after warping, or (Sentinel-2) is 0 in every
+band, the Sentinel-2 product convention for "no data".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob as globlib
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import rasterio
+from rasterio.enums import MaskFlags, Resampling
+from rasterio.errors import RasterioError
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from ..bands import BandSelection, Modality, canonical_band_name, select_bands
+from ..errors import BandError, GridMismatchError, RasterReadError
+from .grid import Grid, check_same_grid
+
+LABEL = {"s1": "Sentinel-1", "s2": "Sentinel-2"}
+RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img")
+SKIP_BAND = "-"  # in --s1-bands / --s2-bands: a band of the file that the model does not use
+_GLOB_CHARS = re.compile(r"[*?\[]")
+# A band token delimited by anything but letters and digits (underscores included).
+_S2_TOKEN = re.compile(r"(?<![A-Za-z0-9])(B\d{1,2}A?)(?![A-Za-z0-9])", re.IGNORECASE)
+_S1_TOKEN = re.compile(r"(?<![A-Za-z0-9])(VV|VH)(?![A-Za-z0-9])", re.IGNORECASE)
+RESAMPLING = {"nearest": Resampling.nearest, "bilinear": Resampling.bilinear, "cubic": Resampling.cubic,
+              "average": Resampling.average}
+
+
+def band_token(text: str | None, modality: Modality) -> str | None:
+    """The canonical band name found in a band description or a file name, or ``None``."""
+    if not text:
+        return None
+    pattern = _S1_TOKEN if modality == "s1" else _S2_TOKEN
+    for match in pattern.finditer(text):
+        try:
+            return canonical_band_name(match.group(1), modality)
+        except BandError:
+            continue
+    return None
+
+
+def expand_paths(paths: Sequence[str | os.PathLike[str]], modality: Modality) -> list[Path]:
+    """Files named by ``paths``: plain files, glob patterns and folders of per-band files.
+
+    A folder stands for the raster files in it whose names carry a band token (``_B04``, ``_VV``):
+    a BigEarthNet patch folder or a SAFE ``IMG_DATA`` folder. Metadata files next to them are
+    ignored.
+
+    Raises:
+        RasterReadError: a path or pattern that names no file.
+    """
+    label = LABEL[modality]
+    out: list[Path] = []
+    for raw in paths:
+        text = os.fspath(raw)
+        if _GLOB_CHARS.search(text) and not Path(text).exists():
+            matches = sorted(globlib.glob(text, recursive=True))
+            if not matches:
+                raise RasterReadError(f"{label}: the pattern {text!r} matches no file")
+            out.extend(Path(m) for m in matches)
+            continue
+        path = Path(text)
+        if path.is_dir():
+            found = sorted(
+                p for p in path.rglob("*")
+                if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES and band_token(p.stem, modality)
+            )
+            if not found:
+                raise RasterReadError(
+                    f"{label}: the folder {path} holds no raster file named after a band "
+                    f"(expected names like ..._{'VV' if modality == 's1' else 'B04'}.tif)"
+                )
+            out.extend(found)
+        elif path.is_file():
+            out.append(path)
+        elif path.exists():
+            raise RasterReadError(f"{label}: {path} is not a regular file")
+        else:
+            raise RasterReadError(f"{label}: no such file: {path}")
+    return out
+
+
+def open_raster(path: Path | str, label: str):
+    """``rasterio.open`` with an error that names the modality and the file."""
+    try:
+        return rasterio.open(path)
+    except (RasterioError, OSError) as exc:
+        raise RasterReadError(f"{label}: cannot read {path} as a raster: {exc}") from exc
+
+
+@dataclass
+class _FilePlan:
+    """One input file and what is read from it."""
+
+    path: Path
+    grid: Grid
+    count: int
+    dtype: str
+    nodata: tuple[float | None, ...]
+    masked: tuple[bool, ...]  # band has a per-dataset mask or alpha band
+    names: list[str | None] = field(default_factory=list)
+    indexes: list[int] = field(default_factory=list)  # 1-based band indexes to read
+    positions: list[int] = field(default_factory=list)  # where each goes in the output channels
+    warp: bool = False  # needs resampling onto the reference grid
+
+
+@dataclass
+class ModalitySource:
+    """One modality of a scene, ready to be read window by window on its reference grid.
+
+    Build it with :func:`open_modality`. ``grid`` is the reference grid; ``selection`` maps model
+    bands to the channels that :meth:`read` returns (only the bands present in the files, in model
+    order); ``present`` is what :meth:`S1S2Backbone.encode` needs when bands are missing.
+    """
+
+    modality: Modality
+    files: list[_FilePlan]
+    grid: Grid
+    selection: BandSelection
+    linear: bool = False
+    resampling: Resampling = Resampling.bilinear
+    align_to: Grid | None = None
+    ignored: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return LABEL[self.modality]
+
+    @property
+    def present(self) -> tuple[int, ...] | None:
+        return None if not self.selection.missing else self.selection.present_positions
+
+    @property
+    def band_names(self) -> list[str]:
+        """Names of the channels :meth:`read` returns, in order."""
+        return [self.selection.model_bands[p] for p in self.selection.present_positions]
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.selection.present_positions)
+
+    @property
+    def paths(self) -> list[Path]:
+        return [f.path for f in self.files]
+
+    @property
+    def output_grid(self) -> Grid:
+        """The grid :meth:`read` windows refer to (the alignment target when aligning)."""
+        return self.align_to if self.align_to is not None else self.grid
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator["_OpenReader"]:
+        """Open the files (in the calling thread: rasterio handles are not shared between threads)."""
+        with contextlib.ExitStack() as stack:
+            handles = []
+            target = self.output_grid
+            for plan in self.files:
+                ds = stack.enter_context(open_raster(plan.path, self.label))
+                if plan.warp or self.align_to is not None:
+                    # Explicit resampling onto the target grid; float32 with NaN outside the source
+                    # so that pixels the source does not cover come out invalid.
+                    src_nodata = plan.nodata[0]
+                    if src_nodata is None and np.issubdtype(np.dtype(plan.dtype), np.floating):
+                        src_nodata = math.nan
+                    ds = stack.enter_context(WarpedVRT(
+                        ds, crs=target.crs, transform=target.transform, width=target.width,
+                        height=target.height, resampling=self.resampling, src_nodata=src_nodata,
+                        nodata=math.nan, dtype="float32",
+                    ))
+                handles.append(ds)
+            yield _OpenReader(self, handles)
+
+
+class _OpenReader:
+    def __init__(self, source: ModalitySource, handles: list):
+        self.source = source
+        self.handles = handles
+
+    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """Read a window of the output grid.
+
+        Returns:
+            ``(data, valid)``: ``(C, h, w)`` float32 raw values in model band order (S1 in dB,
+            S2 digital numbers as stored) with invalid pixels set to 0, and ``(h, w)`` bool.
+        """
+        source = self.source
+        h, w = int(window.height), int(window.width)
+        data = np.empty((source.n_channels, h, w), dtype=np.float32)
+        valid = np.ones((h, w), dtype=bool)
+        for plan, ds in zip(source.files, self.handles):
+            try:
+                block = ds.read(plan.indexes, window=window, out_dtype="float32")
+                masks = None
+                if any(plan.masked[i - 1] for i in plan.indexes) and not isinstance(ds, WarpedVRT):
+                    masks = ds.read_masks(plan.indexes, window=window)
+            except (RasterioError, OSError) as exc:
+                raise RasterReadError(
+                    f"{source.label}: reading {plan.path} failed at rows {window.row_off}-"
+                    f"{window.row_off + h}, columns {window.col_off}-{window.col_off + w}: {exc}"
+                ) from exc
+            for k, (index, position) in enumerate(zip(plan.indexes, plan.positions)):
+                band = block[k]
+                ok = np.isfinite(band)
+                nodata = None if isinstance(ds, WarpedVRT) else plan.nodata[index - 1]
+                if nodata is not None and not math.isnan(nodata):
+                    ok &= band != np.float32(nodata)
+                if masks is not None:
+                    ok &= masks[k] > 0
+                valid &= ok
+                data[position] = band
+        if source.modality == "s1" and source.linear:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                valid &= data.min(axis=0) > 0
+                np.log10(data, out=data, where=valid[None])
+                data *= 10.0
+        if source.modality == "s2":
+            valid &= np.any(data != 0, axis=0)
+        data[:, ~valid] = 0.0
+        return data, valid
+
+
+def _file_names(ds, path: Path, modality: Modality) -> list[str | None]:
+    """Band names a file declares: from descriptions, else (single band) from the file name."""
+    names = [band_token(d, modality) for d in ds.descriptions]
+    if not any(names) and ds.count == 1:
+        names = [band_token(path.stem, modality)]
+    return names
+
+
+def open_modality(
+    modality: Modality,
+    paths: Sequence[str | os.PathLike[str]],
+    model_bands: Sequence[str],
+    bands: Sequence[str] | None = None,
+    *,
+    linear: bool = False,
+    resampling: str = "bilinear",
+) -> ModalitySource:
+    """Inspect the files of one modality and plan how to read them.
+
+    Args:
+        modality: ``"s1"`` or ``"s2"``.
+        paths: one multi-band file, or per-band files / folders / glob patterns.
+        model_bands: the model's bands of this modality, in model order.
+        bands: names of all bands of all files in order (the ``--s1-bands`` / ``--s2-bands``
+            flags); ``"-"`` marks a band the model does not use. Overrides what the files say.
+        linear: (S1) the files hold linear power; converted to dB as ``10 log10(x)``.
+        resampling: how per-band files coarser than the finest one are brought onto its grid
+            (``nearest``, ``bilinear``, ``cubic``, ``average``).
+
+    Raises:
+        RasterReadError: missing or unreadable files, a file without a recognisable band.
+        BandError: wrong band counts, unknown / duplicate / missing bands.
+        GridMismatchError: per-band files at the finest resolution on different grids, or coarser
+            files that do not cover the same area.
+    """
+    label = LABEL[modality]
+    if resampling not in RESAMPLING:
+        raise ValueError(f"resampling must be one of {', '.join(RESAMPLING)}, got {resampling!r}")
+    files = expand_paths(paths, modality)
+    if not files:
+        raise RasterReadError(f"{label}: no input file given")
+    plans: list[_FilePlan] = []
+    declared: list[list[str | None]] = []
+    for path in files:
+        with open_raster(path, label) as ds:
+            masked = tuple(
+                bool({MaskFlags.per_dataset, MaskFlags.alpha} & set(flags)) for flags in ds.mask_flag_enums
+            )
+            plans.append(_FilePlan(path, Grid.of(ds), ds.count, ds.dtypes[0], tuple(ds.nodatavals), masked))
+            declared.append(_file_names(ds, path, modality))
+    total = sum(p.count for p in plans)
+
+    if bands is not None:
+        bands = [b.strip() for b in bands]
+        if len(bands) != total:
+            listing = ", ".join(f"{p.path.name} ({p.count})" for p in plans)
+            raise BandError(
+                f"{label}: {len(bands)} band names given ({', '.join(bands)}) but the input has {total} "
+                f"band(s): {listing}"
+            )
+        flat: list[str | None] = [None if b == SKIP_BAND else canonical_band_name(b, modality) for b in bands]
+    elif len(plans) == 1 and not any(declared[0]):
+        flat = [None] * total  # nothing declared: model order if the count fits (checked below)
+    else:
+        flat = [name for names in declared for name in names]
+        for plan, names in zip(plans, declared):
+            if len(plans) > 1 and not any(names):
+                raise RasterReadError(
+                    f"{label}: cannot tell which band {plan.path} holds (no band description, no band "
+                    f"name like _{'VV' if modality == 's1' else 'B04'} in the file name); rename it or "
+                    f"pass --{modality}-bands"
+                )
+
+    # Assign names to plans; keep the finest file when a band appears in several (SAFE L2A has
+    # B02 at 10, 20 and 60 m).
+    chosen: dict[str, tuple[int, int]] = {}  # band -> (plan number, 1-based index)
+    ignored: list[str] = []
+    cursor = 0
+    for number, plan in enumerate(plans):
+        plan.names = flat[cursor: cursor + plan.count]
+        cursor += plan.count
+        for index, name in enumerate(plan.names, start=1):
+            if name is None:
+                if any(flat):
+                    ignored.append(f"{plan.path.name} band {index}")
+                continue
+            if name in chosen:
+                other = plans[chosen[name][0]]
+                if other.grid.resolution == plan.grid.resolution:
+                    raise BandError(
+                        f"{label}: band {name} appears twice: {other.path} band {chosen[name][1]} and "
+                        f"{plan.path} band {index}"
+                    )
+                if plan.grid.resolution > other.grid.resolution:
+                    continue
+            chosen[name] = (number, index)
+
+    if not chosen:
+        # Nothing named anywhere: a single file in model order (select_bands checks the count).
+        plan = plans[0]
+        try:
+            selection = select_bands(modality, model_bands, plan.count)
+        except BandError as exc:
+            raise BandError(f"{label} file {plan.path}: {exc}") from None
+        plan.indexes = list(range(1, plan.count + 1))
+        plan.positions = list(range(plan.count))
+        used = [plan]
+    else:
+        names_in_order = list(chosen)
+        try:
+            selection = select_bands(modality, model_bands, len(names_in_order), names_in_order)
+        except BandError as exc:
+            where = ", ".join(str(p.path) for p in plans)
+            raise BandError(f"{exc} [files: {where}]") from None
+        present = [selection.model_bands[p] for p in selection.present_positions]
+        for plan in plans:
+            plan.indexes, plan.positions = [], []
+        for position, name in enumerate(present):
+            number, index = chosen[name]
+            plans[number].indexes.append(index)
+            plans[number].positions.append(position)
+        ignored += [n for n in names_in_order if n not in present]
+        used = [p for p in plans if p.indexes]
+
+    grid = _reference_grid(used, label)
+    for plan in used:
+        plan.warp = not plan.grid.same_as(grid)
+    return ModalitySource(
+        modality, used, grid, selection, linear=linear, resampling=RESAMPLING[resampling], ignored=ignored
+    )
+
+
+def _reference_grid(plans: list[_FilePlan], label: str) -> Grid:
+    """The finest file's grid; every other file must be on it or cover the same area coarser."""
+    finest = min(plans, key=lambda p: p.grid.resolution)
+    for plan in plans:
+        if plan.grid.resolution == finest.grid.resolution or plan is finest:
+            check_same_grid(
+                (f"{label} band file", str(finest.path), finest.grid),
+                (f"{label} band file", str(plan.path), plan.grid),
+                hint="Files of the same resolution must share one grid.",
+            )
+            continue
+        if plan.grid.crs != finest.grid.crs:
+            check_same_grid((label, str(finest.path), finest.grid), (label, str(plan.path), plan.grid))
+        tolerance = plan.grid.resolution / 2
+        if any(abs(a - b) > tolerance for a, b in zip(plan.grid.bounds, finest.grid.bounds)):
+            raise GridMismatchError(
+                f"{label}: {plan.path} does not cover the same area as {finest.path}, so it cannot be "
+                f"resampled onto its grid:\n  {finest.path}: {finest.grid.describe()}, bounds "
+                f"{_fmt_bounds(finest.grid)}\n  {plan.path}: {plan.grid.describe()}, bounds {_fmt_bounds(plan.grid)}"
+            )
+    return finest.grid
+
+
+def _fmt_bounds(grid: Grid) -> str:
+    return "(" + ", ".join(f"{v:.3f}" for v in grid.bounds) + ")"
+
+
+# --------------------------------------------------------------------------- the S2 offset
+_BASELINE_IN_NAME = re.compile(r"_N(\d{2})(\d{2})_")
+
+
+def s2_offset_from_metadata(source: ModalitySource) -> tuple[float | None, str]:
+    """The Sentinel-2 processing-baseline offset, when the files say what it is.
+
+    Looks, in order, at ``BOA_ADD_OFFSET`` / ``RADIO_ADD_OFFSET`` tags (the product metadata
+    fields, -1000 from baseline 04.00 on), at a ``PROCESSING_BASELINE`` tag, and at the ``_Nxxyy_``
+    baseline in a SAFE product path (``S2A_MSIL1C_20220315T..._N0400_...``).
+
+    Returns:
+        ``(offset, where)``: the digital numbers to subtract (0 or 1000) and where it came from,
+        or ``(None, "")`` when nothing says.
+    """
+    for plan in source.files:
+        try:
+            with rasterio.open(plan.path) as ds:
+                tag_sets = [ds.tags()] + [ds.tags(i) for i in plan.indexes]
+        except (RasterioError, OSError):
+            continue
+        for tags in tag_sets:
+            for key, value in tags.items():
+                upper = key.upper()
+                if "ADD_OFFSET" in upper:
+                    try:
+                        return -float(value), f"{plan.path.name}: {key}={value}"
+                    except ValueError:
+                        continue
+        for tags in tag_sets:
+            for key, value in tags.items():
+                if key.upper() == "PROCESSING_BASELINE":
+                    try:
+                        baseline = float(value)
+                    except ValueError:
+                        continue
+                    return (1000.0 if baseline >= 4.0 else 0.0), f"{plan.path.name}: {key}={value}"
+    for plan in source.files:
+        match = None
+        for part in plan.path.resolve().parts:
+            match = _BASELINE_IN_NAME.search(part + "_") if ".SAFE" in part.upper() else None
+            if match:
+                baseline = int(match.group(1)) + int(match.group(2)) / 100
+                return (1000.0 if baseline >= 4.0 else 0.0), f"processing baseline N{match.group(1)}{match.group(2)} in {part}"
+    return None, ""

@@ -1,0 +1,331 @@
+"""Outputs written row-stripe by row-stripe under a temporary name, renamed when complete.
+
+Every output goes to a hidden sibling ``.NAME.s1s2-partial`` in the same folder (so the final
+``os.replace`` is an atomic rename on the same file system); an interrupted or failed run never
+leaves a file under the final name. With ``resume``, the partial files are closed and reopened
+every ``checkpoint_every`` seconds and a small JSON record says how many output rows are on disk
+and with which parameters, so a later run with the same parameters can continue from there.
+
+GeoTIFFs are tiled (256 x 32 blocks by default: stripes are flushed in whole block rows, so each
+compressed block is written exactly once), compressed, band-interleaved (one embedding dimension
+per band reads fast) and BigTIFF when they may pass 4 GB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+from ..errors import OutputExistsError
+from .grid import Grid
+
+PARTIAL_SUFFIX = ".s1s2-partial"
+COMPLETE_TAG = "S1S2_COMPLETE"
+BLOCK_W = 256
+BLOCK_H = 32
+COMPRESSIONS = ("deflate", "zstd", "lzw", "none")
+
+
+def partial_path(final: Path) -> Path:
+    """The temporary name an output is written under."""
+    return final.parent / f".{final.name}{PARTIAL_SUFFIX}"
+
+
+def record_path(final: Path) -> Path:
+    """The resume record of a scene whose primary output is ``final``."""
+    return final.parent / f".{final.name}{PARTIAL_SUFFIX}.json"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def check_output_path(path: Path, overwrite: bool) -> None:
+    """Refuse a final output that exists (unless ``overwrite``) or whose folder is missing."""
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} exists already; pass --overwrite to replace it")
+    if not path.parent.is_dir():
+        raise OutputExistsError(f"the output folder {path.parent} does not exist")
+    if path.is_dir():
+        raise OutputExistsError(f"{path} is a folder, not an output file name")
+
+
+def is_complete_geotiff(path: Path) -> bool:
+    """Whether ``path`` is a GeoTIFF this package finished writing (``S1S2_COMPLETE=1`` tag)."""
+    if not path.is_file():
+        return False
+    try:
+        with rasterio.open(path) as ds:
+            return ds.tags().get(COMPLETE_TAG) == "1"
+    except Exception:
+        return False
+
+
+class RowSink(Protocol):
+    """Something that takes output rows ``[row0, row0 + n)`` as ``(C, n, W)`` arrays."""
+
+    final: Path
+
+    def open(self, resume: bool) -> None: ...
+    def write_rows(self, row0: int, values: np.ndarray) -> None: ...
+    def close(self) -> None: ...
+    def commit(self) -> None: ...
+    def discard(self) -> None: ...
+
+
+@dataclass
+class GeoTiffSink:
+    """A tiled, compressed GeoTIFF written by row stripes.
+
+    Attributes:
+        final: final path.
+        grid: the output grid (CRS, transform, size).
+        count / dtype / nodata: bands, their type and nodata value.
+        descriptions: one per band.
+        tags / band_tags: dataset and per-band metadata.
+        colormap: band 1 colour table ``{value: (r, g, b, a)}`` (class maps).
+        compress: ``deflate``, ``zstd``, ``lzw`` or ``none``.
+        convert: applied to each ``(C, n, W)`` float32 stripe before writing (e.g. argmax).
+    """
+
+    final: Path
+    grid: Grid
+    count: int
+    dtype: str
+    nodata: float | int | None
+    descriptions: Sequence[str] = ()
+    tags: dict[str, str] = field(default_factory=dict)
+    band_tags: dict[int, dict[str, str]] = field(default_factory=dict)
+    colormap: dict[int, tuple[int, int, int, int]] | None = None
+    compress: str = "deflate"
+    convert: Any = None
+    _ds: Any = None
+
+    @property
+    def temp(self) -> Path:
+        return partial_path(self.final)
+
+    def profile(self) -> dict[str, Any]:
+        width, height = self.grid.width, self.grid.height
+        profile: dict[str, Any] = {
+            "driver": "GTiff", "width": width, "height": height, "count": self.count, "dtype": self.dtype,
+            "crs": self.grid.crs, "transform": self.grid.transform, "nodata": self.nodata,
+            "tiled": True, "blockxsize": min(BLOCK_W, -(-width // 16) * 16), "blockysize": BLOCK_H,
+            "interleave": "band" if self.count > 1 else "pixel", "bigtiff": "IF_SAFER",
+        }
+        if self.compress != "none":
+            profile["compress"] = self.compress
+            if self.dtype.startswith("float"):
+                profile["predictor"] = 3  # floating-point predictor: much better ratios on feature maps
+        return profile
+
+    def open(self, resume: bool = False) -> None:
+        if resume and self.temp.is_file():
+            self._ds = rasterio.open(self.temp, "r+")
+            return
+        self.temp.unlink(missing_ok=True)
+        self._ds = rasterio.open(self.temp, "w", **self.profile())
+        for i, text in enumerate(self.descriptions, start=1):
+            self._ds.set_band_description(i, text)
+        if self.colormap is not None:
+            self._ds.write_colormap(1, self.colormap)
+        if self.tags:
+            self._ds.update_tags(**self.tags)
+        for band, tags in self.band_tags.items():
+            self._ds.update_tags(band, **tags)
+
+    def write_rows(self, row0: int, values: np.ndarray) -> None:
+        data = self.convert(values) if self.convert is not None else values
+        n = data.shape[1]
+        self._ds.write(data.astype(self.dtype, copy=False), window=Window(0, row0, self.grid.width, n))
+
+    def close(self) -> None:
+        if self._ds is not None:
+            self._ds.close()
+            self._ds = None
+
+    def commit(self) -> None:
+        """Mark complete, close, rename onto the final name."""
+        self._ds.update_tags(**{COMPLETE_TAG: "1"})
+        self.close()
+        os.replace(self.temp, self.final)
+        _fsync_dir(self.final.parent)
+
+    def discard(self) -> None:
+        self.close()
+        self.temp.unlink(missing_ok=True)
+
+
+@dataclass
+class NpySink:
+    """An ``(H, W, C)`` float32 ``.npy`` written by row stripes, plus a JSON sidecar
+    ``NAME.json`` with the CRS (WKT), the affine transform and the band names.
+
+    C-order ``(H, W, C)`` keeps each row stripe contiguous in the file, so stripes are plain
+    ``seek`` + ``write`` calls and nothing is memory-mapped (memory stays bounded).
+    """
+
+    final: Path
+    grid: Grid
+    count: int
+    descriptions: Sequence[str] = ()
+    tags: dict[str, str] = field(default_factory=dict)
+    _fh: Any = None
+    _header: int = 0
+
+    @property
+    def temp(self) -> Path:
+        return partial_path(self.final)
+
+    @property
+    def sidecar(self) -> Path:
+        return self.final.with_name(self.final.name + ".json")
+
+    def open(self, resume: bool = False) -> None:
+        shape = (self.grid.height, self.grid.width, self.count)
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False, "shape": shape}
+        if resume and self.temp.is_file():
+            self._fh = open(self.temp, "r+b")
+            np.lib.format.read_magic(self._fh)
+            found = np.lib.format.read_array_header_2_0(self._fh)
+            if tuple(found[0]) != shape:
+                raise ValueError(f"{self.temp} holds an array of shape {found[0]}, expected {shape}")
+            self._header = self._fh.tell()
+            return
+        self._fh = open(self.temp, "w+b")
+        np.lib.format.write_array_header_2_0(self._fh, header)
+        self._header = self._fh.tell()
+        self._fh.truncate(self._header + int(np.prod(shape)) * 4)
+
+    def write_rows(self, row0: int, values: np.ndarray) -> None:
+        stripe = np.ascontiguousarray(np.moveaxis(values, 0, -1), dtype="<f4")  # (n, W, C)
+        self._fh.seek(self._header + row0 * self.grid.width * self.count * 4)
+        self._fh.write(stripe.tobytes())
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            self._fh = None
+
+    def commit(self) -> None:
+        self.close()
+        meta = {
+            "shape": [self.grid.height, self.grid.width, self.count], "layout": "HWC",
+            "crs": self.grid.crs.to_wkt() if self.grid.crs is not None else None,
+            "crs_string": self.grid.crs.to_string() if self.grid.crs is not None else None,
+            "transform": list(self.grid.transform)[:6], "bands": list(self.descriptions), "nodata": "NaN",
+            "tags": self.tags,
+        }
+        tmp = self.sidecar.with_name(f".{self.sidecar.name}{PARTIAL_SUFFIX}")
+        tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, self.sidecar)
+        os.replace(self.temp, self.final)
+        _fsync_dir(self.final.parent)
+
+    def discard(self) -> None:
+        self.close()
+        self.temp.unlink(missing_ok=True)
+
+
+class OutputSet:
+    """The outputs of one scene, committed together (the primary one last) and, with resume,
+    checkpointed together with one record of how many rows are on disk."""
+
+    def __init__(self, sinks: list[RowSink], params: dict[str, Any], resume: bool = False,
+                 checkpoint_every: float = 60.0):
+        self.sinks = sinks
+        self.primary = sinks[0]
+        self.params = params
+        self.resume = resume
+        self.checkpoint_every = checkpoint_every
+        self.rows_done = 0
+        self._last_checkpoint = time.monotonic()
+
+    @property
+    def record(self) -> Path:
+        return record_path(self.primary.final)
+
+    def resumable_rows(self) -> int:
+        """Rows a previous run with the same parameters left on disk (0 when none or different)."""
+        if not self.resume or not self.record.is_file():
+            return 0
+        try:
+            record = json.loads(self.record.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return 0
+        if record.get("params") != json.loads(json.dumps(self.params)):
+            return 0
+        if not all(partial_path(s.final).is_file() for s in self.sinks):
+            return 0
+        return int(record.get("rows_done", 0))
+
+    def open(self, start_row: int) -> None:
+        self.rows_done = start_row
+        for sink in self.sinks:
+            sink.open(resume=start_row > 0)
+        if not start_row:
+            self.record.unlink(missing_ok=True)
+
+    def write_rows(self, row0: int, values: np.ndarray) -> None:
+        for sink in self.sinks:
+            sink.write_rows(row0, values)
+        self.rows_done = row0 + values.shape[1]
+        if self.resume and time.monotonic() - self._last_checkpoint >= self.checkpoint_every:
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Close (flushing everything to disk), record the rows done, reopen for appending."""
+        for sink in self.sinks:
+            sink.close()
+        tmp = self.record.with_name(self.record.name + ".tmp")
+        tmp.write_text(json.dumps({"rows_done": self.rows_done, "params": self.params}) + "\n", encoding="utf-8")
+        os.replace(tmp, self.record)
+        for sink in self.sinks:
+            sink.open(resume=True)
+        self._last_checkpoint = time.monotonic()
+
+    def commit(self) -> None:
+        for sink in self.sinks[1:] + [self.primary]:
+            sink.commit()
+        self.record.unlink(missing_ok=True)
+
+    def abort(self) -> None:
+        """Stop after a failure or an interrupt.
+
+        With ``resume`` and rows on disk, the partial files are closed (flushing every row written
+        so far) and the record is brought up to date, for a later ``--resume``; otherwise they are
+        removed.
+        """
+        keep = self.resume and self.rows_done > 0
+        for sink in self.sinks:
+            try:
+                sink.close() if keep else sink.discard()
+            except Exception:  # a broken file must not hide the original error
+                keep = False
+        if keep:
+            tmp = self.record.with_name(self.record.name + ".tmp")
+            tmp.write_text(json.dumps({"rows_done": self.rows_done, "params": self.params}) + "\n", encoding="utf-8")
+            os.replace(tmp, self.record)
+        else:
+            for sink in self.sinks:
+                partial_path(sink.final).unlink(missing_ok=True)
+            self.record.unlink(missing_ok=True)
