@@ -173,6 +173,30 @@ class ModalitySource:
         """The grid :meth:`read` windows refer to (the alignment target when aligning)."""
         return self.align_to if self.align_to is not None else self.grid
 
+    def read_decimated(self, names: Sequence[str], shape: tuple[int, int]) -> np.ndarray:
+        """The whole extent of some bands at a reduced size ``(h, w)`` (GDAL averages; used for
+        quick-looks). Returns ``(len(names), h, w)`` float32 raw values, NaN where nodata.
+
+        Raises:
+            BandError: a name that is not among :attr:`band_names`.
+        """
+        out = np.empty((len(names), *shape), dtype=np.float32)
+        with self.reader() as reader:
+            for k, name in enumerate(names):
+                if name not in self.band_names:
+                    raise BandError(f"{self.label}: band {name} is not in the input ({', '.join(self.band_names)})")
+                position = self.band_names.index(name)
+                for plan, ds in zip(self.files, reader.handles):
+                    if position in plan.positions:
+                        index = plan.indexes[plan.positions.index(position)]
+                        masked = ds.read(index, out_shape=shape, resampling=Resampling.average, masked=True,
+                                         out_dtype="float32")
+                        out[k] = masked.filled(np.nan)
+        if self.modality == "s1" and self.linear:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out = np.where(out > 0, 10 * np.log10(out), np.nan).astype(np.float32)
+        return out
+
     @contextlib.contextmanager
     def reader(self) -> Iterator["_OpenReader"]:
         """Open the files (in the calling thread: rasterio handles are not shared between threads)."""
