@@ -382,12 +382,17 @@ class S1S2TaskModel(nn.Module):
         """Class logits from normalised inputs (see subclasses for the shape)."""
         raise NotImplementedError
 
-    def forward(self, s1: torch.Tensor | None = None, s2: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits from raw tensors (export path).
+    def forward(
+        self, s1: torch.Tensor | None = None, s2: torch.Tensor | None = None, valid: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits from raw tensors (export and training path).
 
         Args:
             s1: ``(B, 2, H, W)`` backscatter in dB (VV, VH), when the model reads S1.
             s2: ``(B, 13, H, W)`` L1C digital numbers in model band order, when it reads S2.
+            valid: optional ``(B, 1, H, W)`` bool mask of pixels with data in every modality
+                (training with ``nan_policy: mask``); invalid pixels are zero after normalisation
+                and left out of a classifier's pooling.
 
         Returns:
             Classifier: ``(B, K)``; segmenter: ``(B, K, H, W)``.
@@ -396,8 +401,9 @@ class S1S2TaskModel(nn.Module):
         for modality in self.modalities:
             if given[modality] is None:
                 raise InputShapeError(f"this {self.spec.fusion}-fusion model needs {modality}")
-        normalized = {m: self.normalize(m, given[m]) for m in self.modalities}  # type: ignore[arg-type]
-        return self.logits(normalized)
+        normalized = {m: self.normalize(m, given[m], valid=valid) for m in self.modalities}  # type: ignore[arg-type]
+        masks = None if valid is None else {m: valid for m in self.modalities}
+        return self.logits(normalized, masks)
 
     # ------------------------------------------------------------------ user API
     def predict(
