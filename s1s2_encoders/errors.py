@@ -56,6 +56,14 @@ class DownloadError(S1S2Error, OSError):
     """A download failed (server error, truncated transfer, ...)."""
 
 
+class DatasetError(S1S2Error, ValueError):
+    """A training dataset is malformed: a bad split-CSV row, mismatched S1/S2 files, too many NaN samples."""
+
+
+class DataFileNotFoundError(S1S2Error, FileNotFoundError):
+    """A file or folder that a training dataset needs does not exist (the message names it)."""
+
+
 class GridMismatchError(S1S2Error, ValueError):
     """Rasters that must share a pixel grid (CRS, transform, size) do not."""
 

@@ -1,0 +1,62 @@
+"""Small fine-tuning recipes for tests (tiny towers, synthetic or fake-DFC2020 data, a few steps),
+and worker functions for the multi-process tests (importable by name for torch.multiprocessing)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+
+TINY_RESNET = {"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64], "stem_width": 8}
+TINY_SWIN = {"embed_dim": 16, "depths": [2, 2, 2, 2], "num_heads": [1, 2, 2, 4]}
+
+
+def recipe(output_dir: Path | str, **sections: Any) -> dict[str, Any]:
+    """A tiny classification recipe on synthetic scenes (held-out protocol); ``sections`` are merged
+    into the defaults one level deep (``model={"task": "segmentation"}`` keeps the other model keys)."""
+    base: dict[str, Any] = {
+        "recipe": {"name": "test-recipe"},
+        "model": {"task": "classification", "init": "scratch", "architecture": "resnet18", "tower_kwargs": dict(TINY_RESNET)},
+        "data": {"crop_size": 32, "datasets": [{"kind": "synthetic", "n_samples": 40, "size": 32}]},
+        "labels": {"source": "label_map"},
+        "split": {"protocol": "held_out", "held_out_fraction": 0.25},
+        "optimizer": {"name": "adam", "lr": 1e-3},
+        "schedule": {"kind": "constant"},
+        "train": {"batch_size": 8, "max_steps": 4, "log_every": 2, "checkpoint_every": 2, "num_workers": 0,
+                  "progress_bar": False, "output_dir": str(output_dir), "device": "cpu"},
+        "eval": {"batch_size": 16},
+    }
+    out = copy.deepcopy(base)
+    for key, value in sections.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def config_from(data: dict[str, Any]):
+    from training.config import from_dict
+    from training.finetune import FinetuneConfig
+
+    return from_dict(FinetuneConfig, copy.deepcopy(data))
+
+
+def distributed_eval_worker(rank: int, world: int, model_folder: str, out: str) -> None:
+    """Evaluate an exported segmenter on synthetic scenes, sharded over the ranks."""
+    from s1s2_encoders import load_model
+    from training.data import DataConfig, build_dataset
+    from training.evaluation import evaluate_task_model
+    from training.finetune import deterministic_data
+    from training.task_data import LabelConfig, TaskDataset
+
+    data = deterministic_data(DataConfig(datasets=[{"kind": "synthetic", "n_samples": 7, "size": 32, "seed": 3}]), "none", None)
+    base = build_dataset(data)
+    dataset = TaskDataset(base, list(range(7)), "segmentation", 8, LabelConfig(source="label_map"))
+    summary = evaluate_task_model(load_model(model_folder), dataset, batch_size=2)
+    if rank == 0:
+        torch.save(summary, Path(out) / f"eval_world{world}.pt")
