@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__
@@ -55,7 +56,6 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from .checkpoint import read_config
     from .registry import REGISTRY
@@ -144,7 +144,7 @@ def _add_scene_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, help="output file (one scene) or existing folder (many scenes)")
     p.add_argument("--model", default="swin-s1s2", help="registry name, checkpoint folder or hf-hub:ORG/REPO (default swin-s1s2)")
     run = p.add_argument_group("tiling and inference")
-    run.add_argument("--tile", type=int, default=448, help="tile size in pixels, a multiple of 32 (default 448)")
+    run.add_argument("--tile", type=int, default=None, help="tile size in pixels: a multiple of 32 for dense maps (default 448); with --pooled / classification models, the cell size (default: the model's training crop size)")
     run.add_argument("--overlap", type=int, default=64, help="overlap between tiles in pixels, a multiple of 32, blended with smooth weights (default 64)")
     run.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass (default 8)")
     run.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK under torchrun with GPUs, else cuda if available, else cpu)")
@@ -237,16 +237,21 @@ def _run_embed(args: argparse.Namespace) -> int:
     from .geo.writers import is_complete_geotiff
     from .models import load_backbone
 
+    from .geo.runner import is_multi_scene
+
     suffix = ".npy" if args.fmt == "npy" else ".tif"
+    # With many scenes, work() only sees scenes that are not complete: their leftovers are replaced.
+    multi = is_multi_scene(args.output, args.scenes)
 
     def load(name: str, device: str):
         return load_backbone(name, device=device)
 
     def work(model, job, label: str, device: str):
+        tile = args.tile or (model.config.input_size if args.pooled else 448)
         return embed_scene(
             model, _scene_inputs(args, job), job.output, modality=args.modality, stride=args.stride,
-            pooled=args.pooled, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, device=device,
-            dtype=args.dtype, fmt=args.fmt, compress=args.compress, overwrite=args.overwrite, resume=args.resume,
+            pooled=args.pooled, tile=tile, overlap=args.overlap, batch_size=args.batch_size, device=device,
+            dtype=args.dtype, fmt=args.fmt, compress=args.compress, overwrite=args.overwrite or multi, resume=args.resume,
             check_units=args.check_units, progress=not args.quiet, label=label, extra_tags=_writer_tags(),
             checkpoint_every=args.checkpoint_every,
         )
@@ -259,12 +264,75 @@ def _run_embed(args: argparse.Namespace) -> int:
     return _run_scenes(args, suffix, load, work, is_complete)
 
 
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict", help="land-cover map GeoTIFF of whole S1/S2 scenes from a fine-tuned model (streamed)",
+        description="Map whole scenes with a fine-tuned segmentation (one class per pixel) or classification "
+        "(one class per tile) model. Output: uint8 GeoTIFF with the class names and a colour table, 255 = no "
+        "data, CRS and transform of the input (scaled to the tile for classification).",
+    )
+    _add_scene_options(p)
+    out = p.add_argument_group("map output")
+    out.add_argument("--probabilities", nargs="?", const=True, default=None, metavar="PATH",
+                     help="also write the class probabilities (float32, one band per class); default name OUTPUT_probabilities.tif")
+    out.add_argument("--preview", nargs="?", const=True, default=None, metavar="PATH",
+                     help="also write a PNG quick-look: the scene in true colour beside the map, with a legend; default name OUTPUT.png")
+    p.set_defaults(run=_run_predict)
+
+
+def _side_output(value, output: Path, suffix: str, multi: bool) -> Path | None:
+    if value is None:
+        return None
+    if value is True:
+        return output.with_name(output.stem + suffix)
+    if multi:
+        from .errors import InputShapeError
+
+        raise InputShapeError("with many scenes, give --probabilities / --preview without a file name")
+    return Path(value)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    _limit_gdal_cache()
+
+    from .geo.predict import predict_scene
+    from .geo.runner import is_multi_scene
+    from .geo.writers import is_complete_geotiff
+    from .models import load_model
+
+    multi = is_multi_scene(args.output, args.scenes)
+
+    def sides(job) -> tuple[Path | None, Path | None]:
+        return (_side_output(args.probabilities, job.output, "_probabilities.tif", multi),
+                _side_output(args.preview, job.output, ".png", multi))
+
+    def load(name: str, device: str):
+        return load_model(name, device=device)
+
+    def work(model, job, label: str, device: str):
+        probabilities, preview = sides(job)
+        return predict_scene(
+            model, _scene_inputs(args, job), job.output, probabilities=probabilities, preview=preview, tile=args.tile,
+            overlap=args.overlap, batch_size=args.batch_size, device=device, dtype=args.dtype, compress=args.compress,
+            overwrite=args.overwrite or multi, resume=args.resume, check_units=args.check_units, progress=not args.quiet,
+            label=label, extra_tags=_writer_tags(), checkpoint_every=args.checkpoint_every,
+        )
+
+    def is_complete(job) -> bool:
+        probabilities, preview = sides(job)
+        return (is_complete_geotiff(job.output) and (probabilities is None or is_complete_geotiff(probabilities))
+                and (preview is None or preview.is_file()))
+
+    return _run_scenes(args, ".tif", load, work, is_complete)
+
+
 # Subcommands in help order.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_models,
     _add_info,
     _add_download,
     _add_embed,
+    _add_predict,
 ]
 
 
