@@ -186,6 +186,26 @@ def _plain_warnings(command: str, prefix: str = ""):
         yield
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """Treat SIGTERM (batch schedulers, torchrun stopping the other ranks) like Ctrl-C, so partial
+    outputs are cleaned up, or kept for --resume, instead of being cut off mid-write."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (s1s2 called from a worker thread): leave it alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _run_scenes(args: argparse.Namespace, suffix: str, load: Callable, work: Callable, is_complete: Callable) -> int:
     from .geo.runner import build_jobs, default_device, distributed, run_jobs
     from .geo.scenes import Shard
@@ -193,7 +213,8 @@ def _run_scenes(args: argparse.Namespace, suffix: str, load: Callable, work: Cal
     jobs, multi = build_jobs(args.s1, args.s2, args.scenes, args.output, suffix)
     shard = Shard.from_env()
     device = default_device(shard, args.device)
-    with _plain_warnings(args.command, f"[{shard.label}] " if shard.label else ""), distributed(shard, device) as gather:
+    with _terminate_as_interrupt(), _plain_warnings(args.command, f"[{shard.label}] " if shard.label else ""), \
+            distributed(shard, device) as gather:
         model = load(args.model, device)
         summary = run_jobs(jobs, lambda job, label: work(model, job, label, device), shard=shard, multi=multi,
                            is_complete=is_complete, overwrite=args.overwrite)

@@ -291,3 +291,51 @@ def test_many_scenes_from_globs_pair_by_wildcard(tmp_path, swin_folder, capsys):
     code = main(args)
     err = capsys.readouterr().err
     assert code == 2 and "do not pair up" in err and f"S2 without S1: {tmp_path / 'gamma' / 's2.tif'}" in err
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
+def test_interrupt_or_crash_midway_leaves_no_file_under_any_name(tmp_path, monkeypatch, error):
+    """Ctrl-C (KeyboardInterrupt in the main thread) or a crash after rows reached the partial file."""
+    from s1s2_encoders.geo.writers import GeoTiffSink
+
+    s1, s2 = synthetic_scene(512, 96, seed=8)
+    p1, p2 = write_raster(tmp_path / "s1.tif", s1), write_raster(tmp_path / "s2.tif", s2)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    model = tiny_model()
+    calls, written = [], []
+    encode, write_rows = model.encode, GeoTiffSink.write_rows
+
+    def failing_encode(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 9:  # S1 + S2 per batch: the 5th batch, after rows were written
+            raise error("stop")
+        return encode(*args, **kwargs)
+
+    def spy(self, row0, values):
+        written.append(row0)
+        return write_rows(self, row0, values)
+
+    monkeypatch.setattr(model, "encode", failing_encode)
+    monkeypatch.setattr(GeoTiffSink, "write_rows", spy)
+    with pytest.raises(error, match="stop"):
+        embed_scene(model, SceneInputs(s1=[p1], s2=[p2], s2_offset=0), out_dir / "emb.tif", tile=96, overlap=0,
+                    stride=4, batch_size=1, progress=False)
+    assert written and written[0] == 0  # rows had reached the partial file before the failure
+    assert files_in(out_dir) == []
+
+
+def test_single_modality_needs_only_its_own_input(tmp_path):
+    s1, _ = synthetic_scene(96, 64, seed=9)
+    p1 = write_raster(tmp_path / "s1.tif", s1, WGS84, WGS84_TRANSFORM)
+    model = tiny_model("resnet18")
+    embed_scene(model, SceneInputs(s1=[p1]), tmp_path / "s1only.tif", modality="s1", tile=64, overlap=0, stride=32,
+                progress=False)
+    values, meta = read(tmp_path / "s1only.tif")
+    assert values.shape == (512, 3, 2) and meta["descriptions"][-1] == "s1_0511"
+    assert meta["crs"] == WGS84 and meta["transform"] == scaled(WGS84_TRANSFORM, 32)
+    from s1s2_encoders import InputShapeError
+
+    with pytest.raises(InputShapeError, match=r"Sentinel-2 tower is used \(modality both\) but no Sentinel-2 input was given \(--s2\)"):
+        embed_scene(model, SceneInputs(s1=[p1]), tmp_path / "both.tif", tile=64, progress=False)
+    assert not (tmp_path / "both.tif").exists()

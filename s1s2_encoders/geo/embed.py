@@ -183,11 +183,13 @@ def embed_scene(
 
     def infer(batch: Batch) -> np.ndarray:
         keep = ~batch.empty
+        everything = bool(keep.all())  # the usual case: no copy
         parts = []
         with torch.inference_mode(), autocast_context(target, compute_dtype):
             for m in modalities:
-                x = torch.from_numpy(batch.data[m][keep]).to(target, non_blocking=True)
-                valid_np = batch.valid[m][keep]
+                data_np = batch.data[m] if everything else batch.data[m][keep]
+                valid_np = batch.valid[m] if everything else batch.valid[m][keep]
+                x = torch.from_numpy(data_np).to(target, non_blocking=True)
                 valid = None if valid_np.all() else torch.from_numpy(valid_np[:, None]).to(target)
                 out = model.encode(m, x, valid=valid, present=scene.sources[m].present, dense=not pooled)
                 if pooled:

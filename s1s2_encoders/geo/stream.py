@@ -71,26 +71,20 @@ def _get(q: queue.Queue, thread: threading.Thread):
                 raise RuntimeError(f"{thread.name} thread ended without a result") from None
 
 
-def read_tile(readers: dict, sources: dict[str, ModalitySource], plan: TilePlan, tile: Tile,
-              s2_offset: float) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """One tile of every modality, padded to the tile size with invalid pixels past the edge."""
+def read_tile(readers: dict, plan: TilePlan, tile: Tile, s2_offset: float, data: dict[str, np.ndarray],
+              valid: dict[str, np.ndarray], slot: int) -> None:
+    """Read one tile of every modality into ``data[m][slot]`` / ``valid[m][slot]`` (preallocated,
+    tile-sized); the part past the scene's edge stays invalid (zeros)."""
     h = min(plan.tile_h, plan.height - tile.y)
     w = min(plan.tile_w, plan.width - tile.x)
     window = Window(tile.x, tile.y, w, h)
-    data, valid = {}, {}
     for modality, reader in readers.items():
         values, ok = reader.read(window)
         if modality == "s2" and s2_offset:
             values -= np.float32(s2_offset)
             values[:, ~ok] = 0.0
-        if (h, w) != (plan.tile_h, plan.tile_w):
-            padded = np.zeros((values.shape[0], plan.tile_h, plan.tile_w), dtype=np.float32)
-            padded[:, :h, :w] = values
-            padded_ok = np.zeros((plan.tile_h, plan.tile_w), dtype=bool)
-            padded_ok[:h, :w] = ok
-            values, ok = padded, padded_ok
-        data[modality], valid[modality] = values, ok
-    return data, valid
+        data[modality][slot, :, :h, :w] = values
+        valid[modality][slot, :h, :w] = ok
 
 
 def _reader_main(sources, plan, tiles, batch_size, s2_offset, out_q, stop):
@@ -101,10 +95,13 @@ def _reader_main(sources, plan, tiles, batch_size, s2_offset, out_q, stop):
             readers = {m: stack.enter_context(src.reader()) for m, src in sources.items()}
             for start in range(0, len(tiles), batch_size):
                 chunk = tiles[start: start + batch_size]
-                parts = [read_tile(readers, sources, plan, t, s2_offset) for t in chunk]
-                data = {m: np.stack([p[0][m] for p in parts]) for m in sources}
-                valid = {m: np.stack([p[1][m] for p in parts]) for m in sources}
-                empty = ~np.any([valid[m].reshape(len(chunk), -1).any(axis=1) for m in sources], axis=0)
+                n = len(chunk)
+                # Fresh arrays per batch: the previous ones may still be in use by the model.
+                data = {m: np.zeros((n, src.n_channels, plan.tile_h, plan.tile_w), np.float32) for m, src in sources.items()}
+                valid = {m: np.zeros((n, plan.tile_h, plan.tile_w), bool) for m in sources}
+                for slot, tile in enumerate(chunk):
+                    read_tile(readers, plan, tile, s2_offset, data, valid, slot)
+                empty = ~np.any([valid[m].reshape(n, -1).any(axis=1) for m in sources], axis=0)
                 if not _put(out_q, Batch(chunk, data, valid, empty), stop):
                     return
         _put(out_q, _DONE, stop)
