@@ -122,13 +122,36 @@ def test_s2_offset_from_tags_and_safe_names(tmp_path):
     assert s2_offset_from_metadata(open_modality("s2", [tagged], S2_L1C_BANDS)) == (1000.0, "boa.tif: BOA_ADD_OFFSET=-1000")
     old = write_raster(tmp_path / "old.tif", s2, tags={"PROCESSING_BASELINE": "02.09"})
     assert s2_offset_from_metadata(open_modality("s2", [old], S2_L1C_BANDS))[0] == 0.0
-    safe = tmp_path / "S2B_MSIL1C_20230412T101559_N0509_R065_T32UNU_20230412T122154.SAFE" / "IMG_DATA"
-    safe.mkdir(parents=True)
+    safe = tmp_path / "S2B_MSIL1C_20230412T101559_N0509_R065_T32UNU_20230412T122154.SAFE"
+    img, qi = safe / "GRANULE" / "L1C_T32UNU" / "IMG_DATA", safe / "GRANULE" / "L1C_T32UNU" / "QI_DATA"
+    img.mkdir(parents=True)
+    qi.mkdir(parents=True)
     for band in S2_L1C_BANDS:
-        write_raster(safe / f"T32UNU_20230412T101559_{band}.tif", s2[:1])
-    offset, where = s2_offset_from_metadata(open_modality("s2", [safe], S2_L1C_BANDS))
+        write_raster(img / f"T32UNU_20230412T101559_{band}.tif", s2[:1])
+    write_raster(qi / "MSK_DETFOO_B01.tif", s2[:1])  # a quality mask named after a band: not a band
+    source = open_modality("s2", [safe], S2_L1C_BANDS)  # the product folder itself
+    assert [p.parent.name for p in source.paths] == ["IMG_DATA"] * 13
+    offset, where = s2_offset_from_metadata(source)
     assert offset == 1000.0 and "N0509" in where
     assert s2_offset_from_metadata(open_modality("s2", [write_raster(tmp_path / "plain.tif", s2)], S2_L1C_BANDS)) == (None, "")
+
+
+def test_a_band_at_several_resolutions_is_read_from_the_finest_file(tmp_path):
+    # SAFE L2A keeps B02 at 10, 20 and 60 m (R10m, R20m, R60m folders).
+    r10, r20 = tmp_path / "R10m", tmp_path / "R20m"
+    r10.mkdir()
+    r20.mkdir()
+    fine = np.arange(16 * 16, dtype=np.uint16).reshape(1, 16, 16) + 100
+    coarse = rasterio.transform.from_origin(404400.0, 5342400.0, 20.0, 20.0)
+    write_raster(r10 / "T_B02_10m.tif", fine)
+    write_raster(r20 / "T_B02_20m.tif", np.full((1, 8, 8), 7, np.uint16), transform=coarse)
+    write_raster(r20 / "T_B05_20m.tif", np.full((1, 8, 8), 900, np.uint16), transform=coarse)
+    source = open_modality("s2", [tmp_path], S2_L1C_BANDS, resampling="nearest")
+    assert source.band_names == ["B02", "B05"] and source.grid.pixel_size == (10.0, 10.0)
+    assert [p.path.name for p in source.files] == ["T_B02_10m.tif", "T_B05_20m.tif"]
+    data, valid = read_all(source)
+    np.testing.assert_array_equal(data[0], fine[0])
+    assert np.all(data[1] == 900) and valid.all()
 
 
 def test_missing_unreadable_and_wrong_band_count_errors(tmp_path):

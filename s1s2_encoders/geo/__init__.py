@@ -12,8 +12,10 @@
 
 from .embed import SceneResult, embed_scene
 from .grid import Grid, check_same_grid
+from .predict import predict_scene
 from .scene import SceneInputs, open_scene
 from .sources import open_modality
 from .tiling import TilePlan
 
-__all__ = ["Grid", "SceneInputs", "SceneResult", "TilePlan", "check_same_grid", "embed_scene", "open_modality", "open_scene"]
+__all__ = ["Grid", "SceneInputs", "SceneResult", "TilePlan", "check_same_grid", "embed_scene", "open_modality", "open_scene",
+           "predict_scene"]

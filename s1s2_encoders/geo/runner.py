@@ -92,6 +92,10 @@ def distributed(shard: Shard, device: str) -> Iterator[Callable[[JobSummary], li
     import torch.distributed as dist
 
     backend = "nccl" if device.startswith("cuda") else "gloo"
+    if backend == "nccl":
+        import torch
+
+        torch.cuda.set_device(torch.device(device))  # NCCL collectives use the current device
     owns = not dist.is_initialized()
     if owns:
         # Scenes can take long; the only collective is the gather at the end.

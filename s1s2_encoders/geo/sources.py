@@ -67,9 +67,9 @@ def band_token(text: str | None, modality: Modality) -> str | None:
 def expand_paths(paths: Sequence[str | os.PathLike[str]], modality: Modality) -> list[Path]:
     """Files named by ``paths``: plain files, glob patterns and folders of per-band files.
 
-    A folder stands for the raster files in it whose names carry a band token (``_B04``, ``_VV``):
-    a BigEarthNet patch folder or a SAFE ``IMG_DATA`` folder. Metadata files next to them are
-    ignored.
+    A folder stands for the raster files in it (and below it) whose names carry a band token
+    (``_B04``, ``_VV``): a BigEarthNet patch folder, or a SAFE product or its ``IMG_DATA`` folder.
+    Metadata files and the SAFE quality masks (``QI_DATA``, ``MSK_*``) are ignored.
 
     Raises:
         RasterReadError: a path or pattern that names no file.
@@ -89,6 +89,7 @@ def expand_paths(paths: Sequence[str | os.PathLike[str]], modality: Modality) ->
             found = sorted(
                 p for p in path.rglob("*")
                 if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES and band_token(p.stem, modality)
+                and not p.name.upper().startswith("MSK_") and "QI_DATA" not in p.relative_to(path).parts
             )
             if not found:
                 raise RasterReadError(
@@ -224,9 +225,23 @@ class _OpenReader:
     def __init__(self, source: ModalitySource, handles: list):
         self.source = source
         self.handles = handles
+        self._scratch: dict[int, np.ndarray] = {}
 
-    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+    def _buffer(self, number: int, shape: tuple[int, int, int]) -> np.ndarray:
+        """A reusable read buffer per file (reading tile after tile must not churn the allocator)."""
+        buffer = self._scratch.get(number)
+        if buffer is None or buffer.shape[0] != shape[0] or buffer.shape[1] < shape[1] or buffer.shape[2] < shape[2]:
+            buffer = self._scratch[number] = np.empty(shape, dtype=np.float32)
+        return buffer[:, : shape[1], : shape[2]]
+
+    def read(self, window: Window, out: np.ndarray | None = None,
+             valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Read a window of the output grid.
+
+        Args:
+            window: the window (inside the grid).
+            out / valid: optional ``(C, h, w)`` float32 and ``(h, w)`` bool arrays (views are fine)
+                to read into, e.g. a slot of a batch; allocated when not given.
 
         Returns:
             ``(data, valid)``: ``(C, h, w)`` float32 raw values in model band order (S1 in dB,
@@ -234,11 +249,17 @@ class _OpenReader:
         """
         source = self.source
         h, w = int(window.height), int(window.width)
-        data = np.empty((source.n_channels, h, w), dtype=np.float32)
-        valid = np.ones((h, w), dtype=bool)
-        for plan, ds in zip(source.files, self.handles):
+        data = out if out is not None else np.empty((source.n_channels, h, w), dtype=np.float32)
+        if valid is None:
+            valid = np.ones((h, w), dtype=bool)
+        else:
+            valid[...] = True
+        for number, (plan, ds) in enumerate(zip(source.files, self.handles)):
+            first, count = plan.positions[0], len(plan.positions)
+            in_place = plan.positions == list(range(first, first + count))
+            target = data[first: first + count] if in_place else self._buffer(number, (count, h, w))
             try:
-                block = ds.read(plan.indexes, window=window, out_dtype="float32")
+                ds.read(plan.indexes, window=window, out=target)
                 masks = None
                 if any(plan.masked[i - 1] for i in plan.indexes) and not isinstance(ds, WarpedVRT):
                     masks = ds.read_masks(plan.indexes, window=window)
@@ -248,15 +269,15 @@ class _OpenReader:
                     f"{window.row_off + h}, columns {window.col_off}-{window.col_off + w}: {exc}"
                 ) from exc
             for k, (index, position) in enumerate(zip(plan.indexes, plan.positions)):
-                band = block[k]
-                ok = np.isfinite(band)
+                band = target[k]
+                valid &= np.isfinite(band)
                 nodata = None if isinstance(ds, WarpedVRT) else plan.nodata[index - 1]
                 if nodata is not None and not math.isnan(nodata):
-                    ok &= band != np.float32(nodata)
+                    valid &= band != np.float32(nodata)
                 if masks is not None:
-                    ok &= masks[k] > 0
-                valid &= ok
-                data[position] = band
+                    valid &= masks[k] > 0
+                if not in_place:
+                    data[position] = band
         if source.modality == "s1" and source.linear:
             with np.errstate(divide="ignore", invalid="ignore"):
                 valid &= data.min(axis=0) > 0
@@ -264,7 +285,7 @@ class _OpenReader:
                 data *= 10.0
         if source.modality == "s2":
             valid &= np.any(data != 0, axis=0)
-        data[:, ~valid] = 0.0
+        np.copyto(data, np.float32(0), where=~valid[None])
         return data, valid
 
 

@@ -39,12 +39,14 @@ class Batch:
             offset removed), 0 where invalid.
         valid: per modality ``(B, tile_h, tile_w)`` bool.
         empty: per tile, True when no modality has a single valid pixel (not worth a forward pass).
+        release: hands the arrays back to the reader for reuse (call when done with them).
     """
 
     tiles: list[Tile]
     data: dict[str, np.ndarray]
     valid: dict[str, np.ndarray]
     empty: np.ndarray
+    release: Callable[[], None] = lambda: None
 
 
 class _Failure:
@@ -73,21 +75,46 @@ def _get(q: queue.Queue, thread: threading.Thread):
 
 def read_tile(readers: dict, plan: TilePlan, tile: Tile, s2_offset: float, data: dict[str, np.ndarray],
               valid: dict[str, np.ndarray], slot: int) -> None:
-    """Read one tile of every modality into ``data[m][slot]`` / ``valid[m][slot]`` (preallocated,
-    tile-sized); the part past the scene's edge stays invalid (zeros)."""
+    """Read one tile of every modality into ``data[m][slot]`` / ``valid[m][slot]`` (tile-sized);
+    the part past the scene's edge is zero and invalid."""
     h = min(plan.tile_h, plan.height - tile.y)
     w = min(plan.tile_w, plan.width - tile.x)
     window = Window(tile.x, tile.y, w, h)
     for modality, reader in readers.items():
-        values, ok = reader.read(window)
+        if (h, w) != (plan.tile_h, plan.tile_w):
+            data[modality][slot] = 0.0
+            valid[modality][slot] = False
+        values, ok = reader.read(window, out=data[modality][slot, :, :h, :w], valid=valid[modality][slot, :h, :w])
         if modality == "s2" and s2_offset:
             values -= np.float32(s2_offset)
-            values[:, ~ok] = 0.0
-        data[modality][slot, :, :h, :w] = values
-        valid[modality][slot, :h, :w] = ok
+            np.copyto(values, np.float32(0), where=~ok[None])
 
 
-def _reader_main(sources, plan, tiles, batch_size, s2_offset, out_q, stop):
+class BatchBuffers:
+    """A fixed set of batch arrays that the reader fills and the caller hands back when done.
+
+    Reusing them keeps memory flat (no allocator churn tile after tile) and bounds it: at most
+    ``count`` batches exist at any time, whatever the scene size.
+    """
+
+    def __init__(self, sources: dict[str, ModalitySource], plan: TilePlan, batch_size: int, count: int):
+        self.free: queue.Queue = queue.Queue()
+        for _ in range(count):
+            data = {m: np.zeros((batch_size, src.n_channels, plan.tile_h, plan.tile_w), np.float32)
+                    for m, src in sources.items()}
+            valid = {m: np.zeros((batch_size, plan.tile_h, plan.tile_w), bool) for m in sources}
+            self.free.put((data, valid))
+
+    def take(self, stop: threading.Event):
+        while not stop.is_set():
+            try:
+                return self.free.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        return None
+
+
+def _reader_main(sources, plan, tiles, batch_size, s2_offset, out_q, stop, buffers: BatchBuffers):
     import contextlib
 
     try:
@@ -96,13 +123,16 @@ def _reader_main(sources, plan, tiles, batch_size, s2_offset, out_q, stop):
             for start in range(0, len(tiles), batch_size):
                 chunk = tiles[start: start + batch_size]
                 n = len(chunk)
-                # Fresh arrays per batch: the previous ones may still be in use by the model.
-                data = {m: np.zeros((n, src.n_channels, plan.tile_h, plan.tile_w), np.float32) for m, src in sources.items()}
-                valid = {m: np.zeros((n, plan.tile_h, plan.tile_w), bool) for m in sources}
+                taken = buffers.take(stop)
+                if taken is None:
+                    return
+                data = {m: array[:n] for m, array in taken[0].items()}
+                valid = {m: array[:n] for m, array in taken[1].items()}
                 for slot, tile in enumerate(chunk):
                     read_tile(readers, plan, tile, s2_offset, data, valid, slot)
                 empty = ~np.any([valid[m].reshape(n, -1).any(axis=1) for m in sources], axis=0)
-                if not _put(out_q, Batch(chunk, data, valid, empty), stop):
+                batch = Batch(chunk, data, valid, empty, release=lambda t=taken: buffers.free.put(t))
+                if not _put(out_q, batch, stop):
                     return
         _put(out_q, _DONE, stop)
     except BaseException as exc:  # handed to the calling thread, which raises it
@@ -139,7 +169,7 @@ def stream_scene(
     start_row: int = 0,
     progress: Progress | None = None,
     on_first_batch: Callable[[Batch], None] | None = None,
-    queue_batches: int = 2,
+    queue_batches: int = 1,
 ) -> int:
     """Run the whole scene through ``infer`` and write it through ``outputs``.
 
@@ -168,10 +198,12 @@ def stream_scene(
     blender = RowBlender(plan, channels, groups, start_row=start_row)
     stop = threading.Event()
     batches: queue.Queue = queue.Queue(maxsize=queue_batches)
-    stripes: queue.Queue = queue.Queue(maxsize=2)
+    stripes: queue.Queue = queue.Queue(maxsize=1)
+    # One batch being filled, queue_batches waiting, one being inferred.
+    buffers = BatchBuffers(sources, plan, min(batch_size, len(tiles)) or 1, queue_batches + 2)
     writer_failure: list[BaseException] = []
     reader = threading.Thread(
-        target=_reader_main, args=(sources, plan, tiles, batch_size, s2_offset, batches, stop),
+        target=_reader_main, args=(sources, plan, tiles, batch_size, s2_offset, batches, stop, buffers),
         name="s1s2-reader", daemon=True,
     )
     writer = threading.Thread(target=_writer_main, args=(outputs, stripes, stop, writer_failure),
@@ -194,6 +226,7 @@ def stream_scene(
                 on_first_batch(batch)
                 checked = True
             results = infer(batch) if not batch.empty.all() else None
+            batch.release()
             k = 0
             for tile, empty in zip(batch.tiles, batch.empty):
                 if not empty:
