@@ -74,3 +74,7 @@ class RasterReadError(S1S2Error, OSError):
 
 class OutputExistsError(S1S2Error, FileExistsError):
     """An output file exists already and overwriting was not asked for."""
+
+
+class OptionError(S1S2Error, ValueError):
+    """An option of a whole-scene run has an invalid value (tile size, overlap, stride, format ...)."""

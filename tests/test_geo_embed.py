@@ -339,3 +339,15 @@ def test_single_modality_needs_only_its_own_input(tmp_path):
     with pytest.raises(InputShapeError, match=r"Sentinel-2 tower is used \(modality both\) but no Sentinel-2 input was given \(--s2\)"):
         embed_scene(model, SceneInputs(s1=[p1]), tmp_path / "both.tif", tile=64, progress=False)
     assert not (tmp_path / "both.tif").exists()
+
+
+def test_invalid_tiling_options_are_reported_not_raised(tmp_path, swin_folder, capsys):
+    folder, _ = swin_folder
+    s1, s2 = synthetic_scene(64, 64)
+    p1, p2 = write_raster(tmp_path / "s1.tif", s1), write_raster(tmp_path / "s2.tif", s2)
+    for options, message in ((["--tile", "100"], "tile must be a positive multiple of 32 pixels, got 100"),
+                             (["--tile", "128", "--overlap", "128"], "overlap must be a multiple of 32 pixels in [0, tile)")):
+        code = main(["embed", "--model", str(folder), "--s1", str(p1), "--s2", str(p2), "-o", str(tmp_path / "e.tif"),
+                     "--quiet", *options])
+        assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "e.tif").exists()

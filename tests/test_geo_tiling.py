@@ -128,3 +128,18 @@ def test_progress_line_reports_rate_and_eta():
     quiet = io.StringIO()
     Progress(3, stream=quiet, enabled=False).update(3)
     assert quiet.getvalue() == ""
+
+
+def test_readme_whole_scenes_section_names_only_real_options():
+    import re
+
+    from conftest import REPO
+    from s1s2_encoders.cli import build_parser
+
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Whole scenes", 1)[1].split("\n## ", 1)[0]
+    mentioned = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9_-]*", section)) - {"--nproc_per_node"}
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    known = {opt for name in ("embed", "predict") for action in sub.choices[name]._actions for opt in action.option_strings}
+    assert mentioned and mentioned <= known, sorted(mentioned - known)

@@ -14,6 +14,7 @@ import torch
 from .. import __version__
 from .._warnings import warn_user
 from ..bands import Modality
+from ..errors import OptionError
 from ..models.backbone import MODALITIES, S1S2Backbone, resolve_dtype
 from ..models.towers import PYRAMID_STRIDES
 from .grid import Grid
@@ -53,7 +54,7 @@ class SceneResult:
 
 def modalities_of(modality: str) -> tuple[Modality, ...]:
     if modality not in MODALITY_CHOICES:
-        raise ValueError(f"modality must be one of {', '.join(MODALITY_CHOICES)}, got {modality!r}")
+        raise OptionError(f"modality must be one of {', '.join(MODALITY_CHOICES)}, got {modality!r}")
     return MODALITIES if modality == "both" else (modality,)  # type: ignore[return-value]
 
 
@@ -119,13 +120,13 @@ def embed_scene(
     started = time.perf_counter()
     output = Path(output)
     if fmt not in ("tif", "npy"):
-        raise ValueError(f"fmt must be 'tif' or 'npy', got {fmt!r}")
+        raise OptionError(f"fmt must be 'tif' or 'npy', got {fmt!r}")
     if compress not in COMPRESSIONS:
-        raise ValueError(f"compress must be one of {', '.join(COMPRESSIONS)}, got {compress!r}")
+        raise OptionError(f"compress must be one of {', '.join(COMPRESSIONS)}, got {compress!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise OptionError(f"batch_size must be a positive integer, got {batch_size!r}")
     if not pooled and stride not in PYRAMID_STRIDES:
-        raise ValueError(f"stride must be one of {', '.join(map(str, PYRAMID_STRIDES))}, got {stride}")
+        raise OptionError(f"stride must be one of {', '.join(map(str, PYRAMID_STRIDES))}, got {stride}")
     modalities = modalities_of(modality)
     check_output_path(output, overwrite)
     scene = open_scene(inputs, modalities, model.config.s1_bands, model.config.s2_bands)

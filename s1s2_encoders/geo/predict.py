@@ -23,7 +23,7 @@ import torch
 
 from .. import __version__
 from .._warnings import warn_user
-from ..errors import ConfigError
+from ..errors import ConfigError, OptionError
 from ..models.backbone import MODALITIES
 from .embed import SceneResult, warn_if_seams
 from .progress import Progress
@@ -113,15 +113,15 @@ def predict_scene(
     if len(names) > NODATA_CLASS:
         raise ConfigError(f"a uint8 class map holds at most {NODATA_CLASS} classes (255 is nodata); the model has {len(names)}")
     if compress not in COMPRESSIONS:
-        raise ValueError(f"compress must be one of {', '.join(COMPRESSIONS)}, got {compress!r}")
+        raise OptionError(f"compress must be one of {', '.join(COMPRESSIONS)}, got {compress!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise OptionError(f"batch_size must be a positive integer, got {batch_size!r}")
     output = Path(output)
     extra = [Path(p) for p in (probabilities, preview) if p is not None]
     for path in [output, *extra]:
         check_output_path(path, overwrite)
     if len({p.resolve() for p in [output, *extra]}) != 1 + len(extra):
-        raise ValueError("the map, probabilities and preview outputs must be different files")
+        raise OptionError("the map, probabilities and preview outputs must be different files")
     modalities = tuple(getattr(model, "modalities", MODALITIES))
     scene = open_scene(inputs, modalities, config.s1_bands, config.s2_bands)
     grid = scene.grid

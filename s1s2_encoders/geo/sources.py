@@ -37,7 +37,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from ..bands import BandSelection, Modality, canonical_band_name, select_bands
-from ..errors import BandError, GridMismatchError, RasterReadError
+from ..errors import BandError, GridMismatchError, OptionError, RasterReadError
 from .grid import Grid, check_same_grid
 
 LABEL = {"s1": "Sentinel-1", "s2": "Sentinel-2"}
@@ -268,9 +268,11 @@ class _OpenReader:
                     f"{source.label}: reading {plan.path} failed at rows {window.row_off}-"
                     f"{window.row_off + h}, columns {window.col_off}-{window.col_off + w}: {exc}"
                 ) from exc
+            can_be_nan = isinstance(ds, WarpedVRT) or not np.issubdtype(np.dtype(plan.dtype), np.integer)
             for k, (index, position) in enumerate(zip(plan.indexes, plan.positions)):
                 band = target[k]
-                valid &= np.isfinite(band)
+                if can_be_nan:
+                    valid &= np.isfinite(band)
                 nodata = None if isinstance(ds, WarpedVRT) else plan.nodata[index - 1]
                 if nodata is not None and not math.isnan(nodata):
                     valid &= band != np.float32(nodata)
@@ -284,8 +286,9 @@ class _OpenReader:
                 np.log10(data, out=data, where=valid[None])
                 data *= 10.0
         if source.modality == "s2":
-            valid &= np.any(data != 0, axis=0)
-        np.copyto(data, np.float32(0), where=~valid[None])
+            valid &= np.any(data, axis=0)  # not 0 in every band (NaN counts as non-zero but is invalid already)
+        if not valid.all():
+            np.copyto(data, np.float32(0), where=~valid[None])
         return data, valid
 
 
@@ -326,7 +329,7 @@ def open_modality(
     """
     label = LABEL[modality]
     if resampling not in RESAMPLING:
-        raise ValueError(f"resampling must be one of {', '.join(RESAMPLING)}, got {resampling!r}")
+        raise OptionError(f"resampling must be one of {', '.join(RESAMPLING)}, got {resampling!r}")
     files = expand_paths(paths, modality)
     if not files:
         raise RasterReadError(f"{label}: no input file given")

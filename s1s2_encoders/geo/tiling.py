@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import OptionError
 from ..models.towers import TOTAL_STRIDE
 
 ALIGN = TOTAL_STRIDE
@@ -71,11 +72,11 @@ class TilePlan:
         """Overlapping tiles whose stride-``stride`` maps are blended into one map (``stride`` 1
         for per-pixel outputs such as segmentation probabilities, 4-32 for feature maps)."""
         if stride < 1 or ALIGN % stride:
-            raise ValueError(f"stride must divide {ALIGN} (1, 2, 4, 8, 16 or 32), got {stride}")
+            raise OptionError(f"stride must divide {ALIGN} (1, 2, 4, 8, 16 or 32), got {stride}")
         if tile < ALIGN or tile % ALIGN:
-            raise ValueError(f"tile must be a positive multiple of {ALIGN} pixels, got {tile}")
+            raise OptionError(f"tile must be a positive multiple of {ALIGN} pixels, got {tile}")
         if overlap < 0 or overlap % ALIGN or overlap >= tile:
-            raise ValueError(
+            raise OptionError(
                 f"overlap must be a multiple of {ALIGN} pixels in [0, tile), got {overlap} (tile {tile})"
             )
         tile_h = min(tile, -(-height // ALIGN) * ALIGN)
@@ -89,7 +90,7 @@ class TilePlan:
         """Non-overlapping ``tile`` x ``tile`` tiles, one output cell each (pooled vectors,
         classification); edge tiles extend past the scene and only their valid pixels count."""
         if tile < 1:
-            raise ValueError(f"tile must be positive, got {tile}")
+            raise OptionError(f"tile must be positive, got {tile}")
         ys = tuple(range(0, height, tile))
         xs = tuple(range(0, width, tile))
         return cls(height, width, tile, tile, tile, ys, xs, 0, pooled=True)
