@@ -6,7 +6,6 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -19,7 +18,7 @@ from ..models.backbone import MODALITIES, S1S2Backbone, resolve_dtype
 from ..models.towers import PYRAMID_STRIDES
 from .grid import Grid
 from .progress import Progress
-from .scene import MODALITY_CHOICES, Scene, SceneInputs, check_first_batch, model_fingerprint, open_scene
+from .scene import MODALITY_CHOICES, SceneInputs, check_first_batch, model_fingerprint, open_scene
 from .stream import Batch, stream_scene
 from .tiling import TilePlan
 from .writers import COMPRESSIONS, GeoTiffSink, NpySink, OutputSet, check_output_path
@@ -53,18 +52,21 @@ class SceneResult:
 
 
 def modalities_of(modality: str) -> tuple[Modality, ...]:
+    """``"both"`` -> ``("s1", "s2")``; ``"s1"`` / ``"s2"`` -> that one."""
     if modality not in MODALITY_CHOICES:
         raise OptionError(f"modality must be one of {', '.join(MODALITY_CHOICES)}, got {modality!r}")
     return MODALITIES if modality == "both" else (modality,)  # type: ignore[return-value]
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype):
+    """Autocast to ``dtype`` on ``device``'s type, or nothing for float32."""
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def warn_if_seams(model: torch.nn.Module, plan: TilePlan) -> None:
+    """Warn that per-tile max normalisation makes seams when a dense output has several tiles."""
     config = getattr(model, "config", None)
     if config is not None and config.normalization.kind == "sslt_channel_max" and plan.n_tiles > 1 and not plan.pooled:
         warn_user(SEAM_WARNING)

@@ -69,6 +69,7 @@ def _glob_regex(pattern: str) -> re.Pattern:
 
 
 def has_glob(text: str) -> bool:
+    """Whether ``text`` holds glob wildcards (``*``, ``?``, ``[``)."""
     return bool(re.search(r"[*?\[]", text))
 
 

@@ -1,9 +1,11 @@
 """The streaming loop: windowed read -> batch -> infer -> blend -> windowed write.
 
-Three threads, joined by bounded queues so that at most a few batches and stripes exist at once:
+Three threads, joined by bounded queues and a fixed set of reusable batch buffers, so that at most
+three batches and two finished stripes exist at once whatever the scene size:
 
 * a **reader** opens the input files (rasterio handles stay in the thread that opened them),
-  reads tile windows, pads edge tiles with nodata, removes the S2 offset and stacks batches;
+  reads tile windows straight into a batch buffer, pads edge tiles with nodata and removes the
+  S2 offset;
 * the **calling thread** runs the model and blends tile outputs into a :class:`RowBlender`;
 * a **writer** compresses and writes finished row stripes.
 
