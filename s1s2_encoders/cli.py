@@ -109,11 +109,36 @@ def _run_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert an original SSLTransformerRS .pth checkpoint into a checkpoint folder",
+        description="Convert an original SSLTransformerRS checkpoint (swin_t.pth, resnet50.pth, resnet18.pth "
+        "from the Google Drive links of HSG-AIML/SSLTransformerRS) into a folder that load_backbone() loads: "
+        "config.json, model.safetensors, README.md. The file is read with torch.load(weights_only=True).",
+    )
+    p.add_argument("checkpoint", help="the original .pth file")
+    p.add_argument("--arch", choices=("swin-t", "resnet50", "resnet18"), default=None,
+                   help="architecture of the checkpoint (default: inferred from its keys)")
+    p.add_argument("-o", "--output", default=None, help="folder to write (default: the registry name next to the file)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.set_defaults(run=_run_convert)
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from .convert import convert_sslt_checkpoint
+
+    report = convert_sslt_checkpoint(args.checkpoint, arch=args.arch, output=args.output, overwrite=args.overwrite)
+    print(report.summary())
+    return 0
+
+
 # Subcommands in help order.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_models,
     _add_info,
     _add_download,
+    _add_convert,
 ]
 
 
