@@ -133,12 +133,54 @@ def _run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_push(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "push",
+        help="upload a checkpoint folder to the Hugging Face Hub and print its registry pin",
+        description="Upload config.json, model.safetensors and README.md of a checkpoint folder to a Hub model "
+        "repository (created if needed), after checking that the weights load strictly and the model card "
+        "parses. Prints the repo id, commit and sha256 to pin in s1s2_encoders/registry.py. Uses HF_ENDPOINT "
+        "and HF_TOKEN (or the token of `hf auth login`).",
+    )
+    p.add_argument("folder", help="checkpoint folder (e.g. written by `s1s2 convert`)")
+    p.add_argument("--repo-id", required=True, help="Hub repository, ORG/NAME")
+    p.add_argument("--private", action="store_true", help="create the repository as private")
+    p.add_argument("--branch", default=None, help="branch to commit to (default: main)")
+    p.add_argument("--message", default=None, help="commit message")
+    p.add_argument("--token", default=None, help="Hub token with write access (default: HF_TOKEN / saved login)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(run=_run_push)
+
+
+def _run_push(args: argparse.Namespace) -> int:
+    from .hub import push_to_hub
+
+    result = push_to_hub(
+        args.folder, args.repo_id, token=args.token, private=args.private, commit_message=args.message,
+        branch=args.branch,
+    )
+    if args.json:
+        print(json.dumps({"name": result.name, "repo_id": result.repo_id, "revision": result.commit,
+                          "sha256": result.sha256, "url": result.url}, indent=2))
+        return 0
+    print(f"pushed {args.folder} to {result.repo_id} at commit {result.commit}")
+    if result.url:
+        print(f"  {result.url}")
+    print(f"  model.safetensors sha256 {result.sha256}")
+    target = f"the RegistryEntry {result.name!r}" if result.name else "its RegistryEntry"
+    print(f"\nTo publish it under its name, set in {target} (s1s2_encoders/registry.py):")
+    for line in result.registry_fields().splitlines():
+        print(f"    {line}")
+    return 0
+
+
 # Subcommands in help order.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_models,
     _add_info,
     _add_download,
     _add_convert,
+    _add_push,
 ]
 
 

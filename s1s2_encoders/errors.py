@@ -54,3 +54,7 @@ class WeightsNotAvailableError(S1S2Error, RuntimeError):
 
 class DownloadError(S1S2Error, OSError):
     """A download failed (server error, truncated transfer, ...)."""
+
+
+class PublishError(S1S2Error, OSError):
+    """Uploading a checkpoint folder to the Hub failed (not authorised, server error, ...)."""
