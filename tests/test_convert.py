@@ -30,7 +30,6 @@ import torch
 from conftest import synthetic_pair
 from original_layout import (
     IN_CHANS,
-    PREFIXES,
     SWIN_T,
     original_state_dict,
     reference_resnet_pooled,

@@ -126,3 +126,17 @@ def test_generic_card_parses_and_names_the_original_licence(tmp_path):
     assert ModelCard(render_model_card(own)).data.to_dict().get("license_name") is None
     saved = load_backbone(own.replace(tower_kwargs={"embed_dim": 16, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 1)})).save_pretrained(tmp_path / "m")
     assert ModelCard((saved / "README.md").read_text()).data.license == "apache-2.0"
+
+
+def test_without_the_card_files_the_converter_writes_the_generic_card(tmp_path, monkeypatch):
+    """A wheel that does not ship model_cards/ still gets a card whose metadata agrees with the config."""
+    import s1s2_encoders.convert as convert
+
+    monkeypatch.setattr(convert, "model_card_path", lambda name: None)
+    save_original(tmp_path / "r18.pth", original_state_dict("resnet18", tiny=True, seed=2))
+    report = convert_sslt_checkpoint(tmp_path / "r18.pth", output=tmp_path / "out", config=tiny_registry_config("resnet18"))
+    assert report.model_card == "generated (model_cards/ not found next to the package)"
+    card = ModelCard((report.folder / "README.md").read_text())
+    config = read_config(report.folder)
+    assert card.data.to_dict() == card_metadata(config)
+    assert config.citation in card.text and config.provenance["converted_from_sha256"] in card.text
