@@ -217,3 +217,25 @@ def test_simclr_and_mma_objectives_train(tmp_path, objective):
         assert "top1_s2" in result.metrics and changed == {"s2"}  # the S1 tower is frozen
     else:
         assert "top1_s1_to_s2@8" in result.metrics and changed == {"s1", "s2"}
+
+
+def test_bf16_autocast_on_cpu_trains(tmp_path):
+    config = pretrain.load_pretrain_config(TINY, [
+        "data.crop_size=32", "train.batch_size=8", "train.max_steps=1", "train.precision=bf16", "train.device=cpu",
+        "train.progress_bar=false", "data.datasets=[{kind: synthetic, n_samples: 8, size: 32}]"])
+    result = pretrain.run_pretraining(config, output_dir=tmp_path)
+    assert result.finished and np.isfinite(result.metrics["loss"])
+    weights = load_training_checkpoint(tmp_path)["model"]
+    assert all(v.dtype in (torch.float32, torch.int64) for v in weights.values())  # master weights stay fp32
+
+
+@pytest.mark.parametrize("policy,counter", [("skip", "total_nan_replaced"), ("mask", "total_masked_pixels")])
+def test_nan_samples_are_counted_and_logged(tmp_path, policy, counter):
+    config = pretrain.load_pretrain_config(TINY, [
+        "data.crop_size=32", "train.batch_size=8", "train.max_steps=2", "train.precision=fp32", "train.device=cpu",
+        "train.progress_bar=false", "train.log_every=1", f"data.nan_policy={policy}",
+        "data.datasets=[{kind: synthetic, n_samples: 16, size: 32, nan_fraction: 0.5}]"])
+    result = pretrain.run_pretraining(config, output_dir=tmp_path)
+    assert np.isfinite(result.metrics["loss"])
+    records = [r for r in read_jsonl(tmp_path / "log.jsonl") if r["event"] == "train"]
+    assert records[-1][counter] > 0 and records[-1][counter] == result.totals[counter.removeprefix("total_")]

@@ -16,5 +16,10 @@ Reusable building blocks (also used by fine-tuning):
 * :mod:`training.checkpoints` - atomic training checkpoints with RNG states, resume;
 * :mod:`training.sampling` - a resumable, rank-aware batch sampler that fixes each sample's randomness;
 * :mod:`training.trainer` - the generic loop (:class:`~training.trainer.Trainer`);
-* :mod:`training.data` - SEN12MS, DFC2020, paired GeoTIFF folders, synthetic scenes.
+* :mod:`training.data` - SEN12MS, DFC2020, paired GeoTIFF folders, synthetic scenes;
+* :mod:`training.embedding_eval` - linear probe and cross-modal retrieval on frozen embeddings.
+
+Pretraining itself: :mod:`training.losses` (NT-Xent / Dual-SimCLR / SimCLR / MMA),
+:mod:`training.contrastive` (model + step function), :mod:`training.pretrain` (entry point),
+:mod:`training.export` (training checkpoint -> hub folder), recipes in ``training/configs/``.
 """

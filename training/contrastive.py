@@ -174,7 +174,11 @@ def contrastive_step(objective: ObjectiveConfig):
                 losses.append(level)
                 metrics[f"top1_s1_to_s2@{s}"] = top1_accuracy(rows.logits, rows.targets)
             loss = torch.stack(losses).mean()
-        counts = {"nan_replaced": batch["n_nan_replaced"].sum()} if "n_nan_replaced" in batch else {}
+        counts: dict[str, torch.Tensor] = {}
+        if "n_nan_replaced" in batch:  # samples redrawn because of NaN/inf (nan_policy: skip)
+            counts["nan_replaced"] = batch["n_nan_replaced"].sum()
+        if "valid" in batch:  # pixels masked out (nan_policy: mask)
+            counts["masked_pixels"] = (~batch["valid"]).sum()
         return StepOutput(loss, metrics, counts)
 
     return step
