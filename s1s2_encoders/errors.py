@@ -58,3 +58,11 @@ class DownloadError(S1S2Error, OSError):
 
 class PublishError(S1S2Error, OSError):
     """Uploading a checkpoint folder to the Hub failed (not authorised, server error, ...)."""
+
+
+class DatasetError(S1S2Error, ValueError):
+    """A training dataset is malformed: a bad split-CSV row, mismatched S1/S2 files, too many NaN samples."""
+
+
+class DataFileNotFoundError(S1S2Error, FileNotFoundError):
+    """A file or folder that a training dataset needs does not exist (the message names it)."""
