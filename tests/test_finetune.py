@@ -229,3 +229,16 @@ def test_early_fusion_scratch_swin_classifier_runs(tmp_path):
     assert record["metrics"]["task"] == "single_label"
     model = load_model(tmp_path / "early" / "model")
     assert list(model.towers) == ["s1s2"]
+
+
+@pytest.mark.parametrize("name", ["finetune_dfc2020_cls_resnet18", "finetune_dfc2020_seg_swin_t", "finetune_synthetic_tiny"])
+def test_shipped_recipes_load_strictly(name):
+    from training.finetune import load_finetune_config
+
+    config = load_finetune_config(REPO / "training" / "configs" / f"{name}.yaml")
+    assert config.recipe.name == name.replace("_", "-")
+    assert config.eval.crop == "none"
+    if name.startswith("finetune_dfc2020"):
+        assert config.split.protocol == "train_test" and config.split.fraction_seed == 42
+        assert config.data.datasets[0]["split"] == "validation" and config.eval_data.datasets[0]["split"] == "test"
+        assert config.class_names == ["Forest", "Shrubland", "Grassland", "Wetlands", "Croplands", "Urban/Built-up", "Barren", "Water"]
