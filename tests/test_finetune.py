@@ -192,16 +192,23 @@ def test_fine_tuned_segmenter_folder_loads_and_maps_a_real_pair_of_any_size(dfc_
 
 
 def test_cli_export_and_error_exit(dfc_segmenter_run, tmp_path, capsys):
+    """`python -m training.export RUN` exports fine-tuning runs as it does pretraining runs."""
     _, run, _ = dfc_segmenter_run
     out = tmp_path / "exported"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "training.finetune", "--export", str(run), "-o", str(out)],
+    done = subprocess.run([sys.executable, "-m", "training.export", str(run), "-o", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
+    assert f"load_model('{out}') verified" in done.stdout and "resnet18 segmentation" in done.stdout
     a = load_file(str(out / "model.safetensors"))
     b = load_file(str(run / "model" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert load_model(out).config.provenance["training_checkpoint"]["step"] == 4
+    provenance = load_model(out).config.provenance
+    assert provenance["steps"] == provenance["total_steps"] == 4 and provenance["training_checkpoint"] == "step_00000004.pt"
+    results = json.loads((run / "results.json").read_text())
+    assert provenance["evaluation"]["metrics"]["miou"] == pytest.approx(results["metrics"]["miou"])
+    card = (out / "README.md").read_text()
+    assert "## Fine-tuning" in card and "## Evaluation" in card and f"mIoU {results['metrics']['miou']:.4f}" in card
     assert finetune_main(["--config", str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml does not exist" in capsys.readouterr().err
     assert finetune_main(["--export", str(run)]) == 2
