@@ -6,7 +6,7 @@ checkout of the repository::
     python -m training.pretrain --config training/configs/tiny.yaml
     torchrun --nproc_per_node=4 -m training.pretrain --config training/configs/dual_simclr_swin_t.yaml
     python -m training.export runs/tiny -o exported/tiny
-    python -m training.finetune --config training/configs/finetune_dfc2020_cls_resnet18.yaml
+    python -m training.finetune --config training/configs/finetune/dfc2020_cls_resnet18.yaml
     python -m training.evaluate --config RECIPE --backbone FOLDER --output-dir runs/grid
 
 Reusable building blocks (also used by fine-tuning):

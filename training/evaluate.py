@@ -2,7 +2,7 @@
 
 ::
 
-    python -m training.evaluate --config training/configs/finetune_dfc2020_cls_resnet18.yaml \\
+    python -m training.evaluate --config training/configs/finetune/dfc2020_cls_resnet18.yaml \\
         --backbone runs/pretrain/export --variants scratch,frozen,finetuned \\
         --fractions 0.01,0.1,0.5,1 --seeds 0,1,2 --output-dir runs/grid
 

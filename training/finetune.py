@@ -2,7 +2,7 @@
 
 ::
 
-    python -m training.finetune --config training/configs/finetune_dfc2020_cls_resnet18.yaml
+    python -m training.finetune --config training/configs/finetune/dfc2020_cls_resnet18.yaml
     torchrun --nproc_per_node=4 -m training.finetune --config ...
     python -m training.finetune --config ... --resume                  # continue the latest checkpoint
     python -m training.finetune --config ... --set split.label_fraction=0.1 --set model.freeze_backbone=true
@@ -604,7 +604,7 @@ def export_finetuned(
 # ---------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.finetune", description=__doc__.splitlines()[0])
-    p.add_argument("--config", help="recipe YAML (training/configs/finetune_*.yaml)")
+    p.add_argument("--config", help="recipe YAML (training/configs/finetune/*.yaml)")
     p.add_argument("--output-dir", help="run folder (default: train.output_dir of the recipe)")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from the latest checkpoint of the run folder, or from the given checkpoint file")
