@@ -53,6 +53,48 @@ def _yaml(metadata: dict[str, object]) -> str:
     return "\n".join(lines)
 
 
+def _usage(config: ModelConfig) -> str:
+    """Usage section: ``embed`` for backbones; ``predict`` and the class table for task models."""
+    if config.task == "backbone":
+        return """## Usage
+
+```python
+from s1s2_encoders import load_backbone
+model = load_backbone("path/or/hf-hub:ORG/REPO")
+emb = model.embed(s1, s2)   # s1: (2, H, W) dB, s2: (13, H, W) L1C DN -> (1, D)
+```
+"""
+    head = config.head
+    names = head.get("class_names", [])
+    colors = head.get("class_colors", [[0, 0, 0]] * len(names))
+    rows = "\n".join(
+        f"| {i} | {name} | #{c[0]:02x}{c[1]:02x}{c[2]:02x} |" for i, (name, c) in enumerate(zip(names, colors))
+    )
+    if config.task == "segmentation":
+        call = "probs = model.predict(s1, s2)   # (1, K, H, W) softmax probabilities, any H x W"
+        kind = f"Per-pixel land-cover segmentation ({head.get('decoder', {}).get('kind', 'decoder')} decoder)"
+    else:
+        multi = head.get("multi_label", False)
+        call = f"probs = model.predict(s1, s2)   # (1, K) {'sigmoid (multi-label)' if multi else 'softmax'} probabilities"
+        kind = "Multi-label scene classification" if multi else "Single-label scene classification"
+    return f"""## Task
+
+{kind}, fusion `{head.get('fusion')}`. Output classes (index, name, legend colour):
+
+| index | class | colour |
+|---|---|---|
+{rows}
+
+## Usage
+
+```python
+from s1s2_encoders import load_model
+model = load_model("path/or/hf-hub:ORG/REPO")
+{call}
+```
+"""
+
+
 def render_model_card(config: ModelConfig) -> str:
     """Markdown model card with YAML metadata for a checkpoint folder."""
     norm = config.normalization
@@ -92,14 +134,7 @@ Sentinel-2 products from processing baseline 04.00 on (25 January 2022) carry a 
 pass `s2_offset=1000` for them. Trained on {config.input_size} x {config.input_size} pixel crops;
 any size works.
 
-## Usage
-
-```python
-from s1s2_encoders import load_backbone
-model = load_backbone("path/or/hf-hub:ORG/REPO")
-emb = model.embed(s1, s2)   # s1: (2, H, W) dB, s2: (13, H, W) L1C DN -> (1, D)
-```
-
+{_usage(config)}
 ## Provenance
 
 ```json

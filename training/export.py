@@ -1,4 +1,5 @@
-"""Turn a training checkpoint into the hub folder that ``s1s2_encoders.load_backbone`` loads strictly.
+"""Turn a training checkpoint into the hub folder that ``s1s2_encoders.load_backbone`` loads strictly
+(fine-tuning checkpoints: the folder that ``load_model`` loads, via :func:`training.finetune.export_finetuned`).
 
 ::
 
@@ -125,6 +126,10 @@ def export_checkpoint(checkpoint: str | Path, folder: str | Path, *, name: str |
         FileExistsError: ``folder`` exists and ``overwrite`` is False.
     """
     state = load_training_checkpoint(checkpoint)
+    if state.get("extra", {}).get("kind") == "finetune":  # a task model: training.finetune exports it
+        from .finetune import export_finetuned
+
+        return export_finetuned(checkpoint, folder, name=name, license=license, overwrite=overwrite)
     path = Path(state["path"])
     config = exported_config(state, path, name=name, license=license)
     weights = backbone_state_dict(state["model"])
@@ -152,8 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     config = ModelConfig.load(folder / "config.json")
-    print(f"exported {config.name} ({config.architecture}, normalisation {config.normalization.kind}, "
-          f"step {config.provenance['steps']}/{config.provenance['total_steps']}) to {folder}; load_backbone({str(folder)!r}) verified")
+    loader = "load_backbone" if config.task == "backbone" else "load_model"
+    print(f"exported {config.name} ({config.architecture} {config.task}, normalisation {config.normalization.kind}, "
+          f"step {config.provenance['steps']}/{config.provenance['total_steps']}) to {folder}; {loader}({str(folder)!r}) verified")
     return 0
 
 
