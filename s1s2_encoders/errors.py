@@ -56,6 +56,10 @@ class DownloadError(S1S2Error, OSError):
     """A download failed (server error, truncated transfer, ...)."""
 
 
+class PublishError(S1S2Error, OSError):
+    """Uploading a checkpoint folder to the Hub failed (not authorised, server error, ...)."""
+
+
 class DatasetError(S1S2Error, ValueError):
     """A training dataset is malformed: a bad split-CSV row, mismatched S1/S2 files, too many NaN samples."""
 

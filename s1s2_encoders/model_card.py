@@ -10,24 +10,36 @@ import json
 
 from .bands import UNITS
 from .config import ModelConfig
+from .registry import LICENSE_LINK_ORIGINAL, LICENSE_NAME_ORIGINAL, ORIGINAL_REPO
 
 LIBRARY_NAME = "s1s2-encoders"
 BASE_TAGS = ("remote-sensing", "earth-observation", "sentinel-1", "sentinel-2", "s1s2-encoders")
 
 
 def card_metadata(config: ModelConfig) -> dict[str, object]:
-    """YAML front matter for the Hub."""
+    """YAML front matter for the Hub.
+
+    The hand-written cards in ``model_cards/`` carry at least this metadata (a test checks it), so a
+    converted folder gets the same licence, library and tags whichever card it ends up with.
+    """
     tags = list(BASE_TAGS)
     if config.task == "backbone":
         tags.append("feature-extraction")
     tags.append(config.architecture)
-    return {
-        "license": config.license or "other",
-        "library_name": LIBRARY_NAME,
-        "tags": tags,
-        "pipeline_tag": "image-feature-extraction" if config.task == "backbone" else "image-segmentation"
-        if config.task == "segmentation" else "image-classification",
-    }
+    metadata: dict[str, object] = {"license": config.license or "other"}
+    if metadata["license"] == "other" and config.provenance.get("source") == ORIGINAL_REPO:
+        # Weights derived from the original repository, which states no licence.
+        metadata["license_name"] = LICENSE_NAME_ORIGINAL
+        metadata["license_link"] = LICENSE_LINK_ORIGINAL
+    metadata.update(
+        {
+            "library_name": LIBRARY_NAME,
+            "tags": tags,
+            "pipeline_tag": "image-feature-extraction" if config.task == "backbone" else "image-segmentation"
+            if config.task == "segmentation" else "image-classification",
+        }
+    )
+    return metadata
 
 
 def _yaml(metadata: dict[str, object]) -> str:

@@ -46,17 +46,9 @@ def config_from(data: dict[str, Any]):
     return from_dict(FinetuneConfig, copy.deepcopy(data))
 
 
-def distributed_eval_worker(rank: int, world: int, model_folder: str, out: str) -> None:
-    """Evaluate an exported segmenter on synthetic scenes, sharded over the ranks."""
-    from s1s2_encoders import load_model
-    from training.data import DataConfig, build_dataset
-    from training.evaluation import evaluate_task_model
-    from training.finetune import deterministic_data
-    from training.task_data import LabelConfig, TaskDataset
+def finetune_worker(rank: int, world: int, data: dict[str, Any]) -> None:
+    """One process of a (possibly multi-process) fine-tuning run; the process group is already up."""
+    from training.distributed import init_distributed
+    from training.finetune import run_finetune
 
-    data = deterministic_data(DataConfig(datasets=[{"kind": "synthetic", "n_samples": 7, "size": 32, "seed": 3}]), "none", None)
-    base = build_dataset(data)
-    dataset = TaskDataset(base, list(range(7)), "segmentation", 8, LabelConfig(source="label_map"))
-    summary = evaluate_task_model(load_model(model_folder), dataset, batch_size=2)
-    if rank == 0:
-        torch.save(summary, Path(out) / f"eval_world{world}.pt")
+    run_finetune(config_from(data), dist=init_distributed("cpu"))

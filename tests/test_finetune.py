@@ -1,6 +1,6 @@
 """Fine-tuning: sample selection (held-out split, nested label fractions before oversampling),
 frozen and separate-LR training, exact resume, the DFC2020 train/test protocol on real GeoTIFF
-trees, export to a load_model folder that predicts on real pairs of any size, distributed evaluation."""
+trees, export to a load_model folder that predicts on real pairs of any size, 2-process DDP runs."""
 
 import json
 import os
@@ -13,7 +13,7 @@ import rasterio
 import torch
 from conftest import REPO, terramesh_pair, tiny_model
 from dist_helpers import spawn
-from finetune_helpers import TINY_RESNET, TINY_SWIN, config_from, distributed_eval_worker, recipe
+from finetune_helpers import TINY_RESNET, TINY_SWIN, config_from, finetune_worker, recipe
 from safetensors.torch import load_file
 from training_data_helpers import make_dfc2020_tree
 
@@ -192,32 +192,27 @@ def test_fine_tuned_segmenter_folder_loads_and_maps_a_real_pair_of_any_size(dfc_
 
 
 def test_cli_export_and_error_exit(dfc_segmenter_run, tmp_path, capsys):
+    """`python -m training.export RUN` exports fine-tuning runs as it does pretraining runs."""
     _, run, _ = dfc_segmenter_run
     out = tmp_path / "exported"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "training.finetune", "--export", str(run), "-o", str(out)],
+    done = subprocess.run([sys.executable, "-m", "training.export", str(run), "-o", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
+    assert f"load_model('{out}') verified" in done.stdout and "resnet18 segmentation" in done.stdout
     a = load_file(str(out / "model.safetensors"))
     b = load_file(str(run / "model" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert load_model(out).config.provenance["training_checkpoint"]["step"] == 4
+    provenance = load_model(out).config.provenance
+    assert provenance["steps"] == provenance["total_steps"] == 4 and provenance["training_checkpoint"] == "step_00000004.pt"
+    results = json.loads((run / "results.json").read_text())
+    assert provenance["evaluation"]["metrics"]["miou"] == pytest.approx(results["metrics"]["miou"])
+    card = (out / "README.md").read_text()
+    assert "## Fine-tuning" in card and "## Evaluation" in card and f"mIoU {results['metrics']['miou']:.4f}" in card
     assert finetune_main(["--config", str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml does not exist" in capsys.readouterr().err
     assert finetune_main(["--export", str(run)]) == 2
     assert "error: --export needs -o FOLDER" in capsys.readouterr().err
-
-
-def test_distributed_evaluation_equals_one_process(dfc_segmenter_run, tmp_path):
-    """7 samples over 2 gloo processes (4 + 3): counts summed over ranks equal one process."""
-    _, run, _ = dfc_segmenter_run
-    distributed_eval_worker(0, 1, str(run / "model"), str(tmp_path))
-    spawn(distributed_eval_worker, 2, str(run / "model"), str(tmp_path))
-    one = torch.load(tmp_path / "eval_world1.pt")
-    two = torch.load(tmp_path / "eval_world2.pt")
-    assert one["n_pixels"] == 7 * 32 * 32
-    assert two["confusion_matrix"] == one["confusion_matrix"]
-    assert two["miou"] == pytest.approx(one["miou"])
 
 
 def test_early_fusion_scratch_swin_classifier_runs(tmp_path):
@@ -229,3 +224,19 @@ def test_early_fusion_scratch_swin_classifier_runs(tmp_path):
     assert record["metrics"]["task"] == "single_label"
     model = load_model(tmp_path / "early" / "model")
     assert list(model.towers) == ["s1s2"]
+
+
+def test_shipped_recipes_load_strictly():
+    from training.finetune import load_finetune_config
+
+    folder = REPO / "training" / "configs" / "finetune"
+    assert sorted(p.stem for p in folder.glob("*.yaml")) == ["dfc2020_cls_resnet18", "dfc2020_seg_swin_t", "synthetic_tiny"]
+    for path in folder.glob("*.yaml"):
+        config = load_finetune_config(path)
+        assert config.recipe.name == "finetune-" + path.stem.replace("_", "-")
+        assert config.eval.crop == "none"
+        if path.stem.startswith("dfc2020"):
+            assert config.split.protocol == "train_test" and config.split.fraction_seed == 42
+            assert config.data.datasets[0]["split"] == "validation" and config.eval_data.datasets[0]["split"] == "test"
+            assert config.class_names == ["Forest", "Shrubland", "Grassland", "Wetlands", "Croplands", "Urban/Built-up", "Barren", "Water"]
+            assert config.recipe.faithful_to and config.recipe.differences

@@ -325,3 +325,24 @@ def test_saved_task_model_card_lists_classes_and_shows_load_model(tmp_path):
     assert "pipeline_tag: image-segmentation" in card
     assert "| 7 | Water | #1c0dff |" in card and "| 0 | Forest | #009900 |" in card
     assert 'model = load_model("path/or/hf-hub:ORG/REPO")' in card and "load_backbone" not in card
+
+
+@pytest.mark.parametrize("architecture", ["resnet18", pytest.param("swin-t", marks=pytest.mark.slow)])
+def test_forward_exports_to_onnx_and_matches_onnxruntime(architecture, tmp_path):
+    """forward(s1, s2) is the export path: raw tensors in, logits out, padding and cropping inside."""
+    import warnings
+
+    import onnxruntime as ort
+
+    model = tiny_segmenter(architecture).eval()
+    s1 = torch.randn(1, 2, 64, 96) * 4 - 12
+    s2 = torch.rand(1, 13, 64, 96) * 3000
+    path = tmp_path / "segmenter.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (s1, s2), str(path), input_names=["s1", "s2"], output_names=["logits"], dynamo=False, opset_version=17)
+    out = ort.InferenceSession(str(path)).run(None, {"s1": s1.numpy(), "s2": s2.numpy()})[0]
+    with torch.no_grad():
+        expected = model(s1, s2).numpy()
+    assert out.shape == (1, 8, 64, 96)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)

@@ -130,3 +130,15 @@ def test_losses_are_differentiable_and_decrease_with_alignment():
     assert float(nt_xent_dual(b.clone(), b, 0.2)) < float(loss.detach())
     maps = torch.randn(4, 3, 2, 2, generator=g)
     assert float(mma_loss(maps, maps.clone(), 0.1)) < float(mma_loss(maps, torch.randn(4, 3, 2, 2, generator=g), 0.1))
+
+
+def test_losses_compute_in_float32_inside_bf16_autocast():
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.randn(6, 16, generator=g), torch.randn(6, 16, generator=g)
+    maps = torch.randn(4, 8, 2, 2, generator=g), torch.randn(4, 8, 2, 2, generator=g)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        logits, _ = nt_xent_logits(a, b, 0.1)
+        in_autocast = (nt_xent(a, b, 0.1), mma_loss(*maps, 0.1))
+    assert logits.dtype == torch.float32
+    assert float(in_autocast[0]) == pytest.approx(float(nt_xent(a, b, 0.1)), rel=1e-6)
+    assert float(in_autocast[1]) == pytest.approx(float(mma_loss(*maps, 0.1)), rel=1e-6)

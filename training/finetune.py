@@ -2,7 +2,7 @@
 
 ::
 
-    python -m training.finetune --config training/configs/finetune_dfc2020_cls_resnet18.yaml
+    python -m training.finetune --config training/configs/finetune/dfc2020_cls_resnet18.yaml
     torchrun --nproc_per_node=4 -m training.finetune --config ...
     python -m training.finetune --config ... --resume                  # continue the latest checkpoint
     python -m training.finetune --config ... --set split.label_fraction=0.1 --set model.freeze_backbone=true
@@ -487,7 +487,7 @@ def run_finetune(
         export = None
         if dist.is_main:
             _write_json_atomic(run_dir / RESULTS_FILE, record)
-            export = trainer.module.save_pretrained(run_dir / EXPORT_DIR, overwrite=True)  # type: ignore[operator]
+            export = export_finetuned(fit.last_checkpoint, run_dir / EXPORT_DIR, results=json_safe(record), overwrite=True)  # type: ignore[arg-type]
             print(f"evaluation ({metrics['task']}): {headline(record)}; results {run_dir / RESULTS_FILE}; model {export}", flush=True)
         barrier()
         return FinetuneResult(fit, record, export)
@@ -506,29 +506,105 @@ def headline(record: dict[str, Any]) -> str:
     return f"mean class pixel accuracy {m['mean_class_pixel_accuracy']:.4f}, pixel accuracy {m['pixel_accuracy']:.4f}, mIoU {m['miou']:.4f}"
 
 
-def export_finetuned(checkpoint: str | Path, output: str | Path, overwrite: bool = False) -> Path:
-    """Turn a fine-tuning training checkpoint (file or run folder) into a ``load_model`` folder.
+def finetune_card_section(state: dict[str, Any], results: dict[str, Any] | None) -> str:
+    """Markdown for the model card: recipe and differences, selection, steps, and the evaluation."""
+    run = state.get("config", {})
+    recipe = run.get("recipe", {})
+    extra = state.get("extra", {})
+    steps, total = int(state["step"]), int(state.get("total_steps", state["step"]))
+    lines = ["", "## Fine-tuning", ""]
+    if steps < total:
+        lines += [f"**Unfinished run: exported at step {steps} of {total}.**", ""]
+    lines += [f"Recipe `{recipe.get('name')}`: {str(recipe.get('description', '')).strip()}", ""]
+    if recipe.get("faithful_to"):
+        lines += [f"Follows: {recipe['faithful_to']}.", ""]
+    if recipe.get("differences"):
+        lines += ["Differences and why:", "", *[f"- {d}" for d in recipe["differences"]], ""]
+    rows = [
+        ("model", json.dumps(run.get("model", {}))),
+        ("split", json.dumps(run.get("split", {}))),
+        ("samples", json.dumps(extra.get("selection", {}))),
+        ("optimizer", json.dumps(run.get("optimizer", {}))),
+        ("steps", f"{steps} of {total}, global batch {state.get('data', {}).get('global_batch_size')}, {state.get('world_size')} process(es)"),
+        ("training data", json.dumps(run.get("data", {}).get("datasets", []))),
+    ]
+    lines += ["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), "", "## Evaluation", ""]
+    if results is not None:
+        lines += [f"{headline(results)} ({results['protocol']}; evaluated on {json.dumps(results['eval_data'])}, "
+                  f"{results['n_eval_samples']} samples, crop {results['eval_crop']}).", "",
+                  "```json", json.dumps(json_safe(results["metrics"]), indent=2), "```", ""]
+    else:
+        lines += ["No evaluation was attached to this export.", ""]
+    return "\n".join(lines)
+
+
+def export_finetuned(
+    checkpoint: str | Path,
+    output: str | Path,
+    *,
+    name: str | None = None,
+    license: str | None = None,
+    results: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Turn a fine-tuning training checkpoint (file or run folder) into a ``load_model`` folder,
+    as :func:`training.export.export_checkpoint` does for pretraining (which calls this for
+    fine-tuning checkpoints): provenance, a model card with the recipe and the evaluation, and a
+    strict reload before returning.
+
+    Args:
+        checkpoint: a checkpoint file or a run folder (its latest checkpoint).
+        output: folder to write.
+        name / license: override the model's.
+        results: the evaluation to put in the card; default: the run folder's ``results.json`` when
+            it belongs to this checkpoint's step.
+        overwrite: replace an existing folder.
 
     Raises:
         CheckpointError: not a fine-tuning checkpoint, or weights that do not match its config.
     """
+    from s1s2_encoders import load_model
+    from s1s2_encoders.checkpoint import sha256_file, write_checkpoint
     from s1s2_encoders.errors import CheckpointError
+    from s1s2_encoders.model_card import render_model_card
+
+    from .pretrain import TRAINING_ONLY_TOWER_KWARGS
 
     state = load_training_checkpoint(checkpoint)
+    path = Path(state["path"])
     extra = state.get("extra") or {}
-    if extra.get("kind") != "finetune":
-        raise CheckpointError(f"{state['path']} is not a fine-tuning checkpoint (kind {extra.get('kind')!r})")
-    config = ModelConfig.from_dict(extra["model_config"])
-    config.provenance = {**config.provenance, "training_checkpoint": {"file": Path(state["path"]).name, "step": int(state["step"])}}
+    if extra.get("kind") != "finetune" or "model_config" not in extra:
+        raise CheckpointError(f"{path} is not a fine-tuning checkpoint (kind {extra.get('kind')!r})")
+    config = ModelConfig.from_dict(dict(extra["model_config"]))
+    if results is None:
+        candidate = path.parent.parent / RESULTS_FILE
+        if candidate.is_file():
+            loaded = json.loads(candidate.read_text(encoding="utf-8"))
+            results = loaded if loaded.get("steps") == int(state["step"]) else None
+    config = config.replace(
+        tower_kwargs={k: v for k, v in config.tower_kwargs.items() if k not in TRAINING_ONLY_TOWER_KWARGS},
+        name=name or config.name, license=license or config.license,
+        provenance={
+            **config.provenance,
+            "trained_with": "s1s2-encoders training/ (python -m training.finetune)",
+            "steps": int(state["step"]), "total_steps": int(state.get("total_steps", state["step"])),
+            "training_checkpoint": path.name, "training_checkpoint_sha256": sha256_file(path),
+            "final_metrics": state.get("metrics", {}),
+            "evaluation": None if results is None else {"protocol": results["protocol"], "metrics": results["metrics"]},
+        },
+    )
     model = create_model(config)
-    load_state_dict_strict(model, state["model"], state["path"])
-    return model.save_pretrained(output, overwrite=overwrite)
+    load_state_dict_strict(model, state["model"], str(path))  # fails before anything is written
+    card = render_model_card(config) + finetune_card_section(state, results)
+    written = write_checkpoint(output, config, model.state_dict(), model_card=card, overwrite=overwrite)
+    load_model(written)  # the folder must load strictly, exactly as users will load it
+    return written
 
 
 # ---------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.finetune", description=__doc__.splitlines()[0])
-    p.add_argument("--config", help="recipe YAML (training/configs/finetune_*.yaml)")
+    p.add_argument("--config", help="recipe YAML (training/configs/finetune/*.yaml)")
     p.add_argument("--output-dir", help="run folder (default: train.output_dir of the recipe)")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from the latest checkpoint of the run folder, or from the given checkpoint file")

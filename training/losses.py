@@ -23,6 +23,7 @@ Definitions (reference_facts.md §2.3, §2.4):
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import torch
@@ -36,6 +37,11 @@ class ContrastiveLogits(NamedTuple):
 
     logits: torch.Tensor
     targets: torch.Tensor
+
+
+def _no_autocast(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Similarities and softmax in float32 even inside a bf16 autocast region."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
 
 
 def _gathered(x: torch.Tensor, gather: bool) -> tuple[torch.Tensor, int]:
@@ -60,6 +66,11 @@ def nt_xent_logits(view_a: torch.Tensor, view_b: torch.Tensor, temperature: floa
     """
     if view_a.shape != view_b.shape or view_a.ndim != 2:
         raise ValueError(f"views must both be (n, D); got {tuple(view_a.shape)} and {tuple(view_b.shape)}")
+    with _no_autocast(view_a):
+        return _nt_xent_logits(view_a, view_b, temperature, gather)
+
+
+def _nt_xent_logits(view_a: torch.Tensor, view_b: torch.Tensor, temperature: float, gather: bool) -> ContrastiveLogits:
     a = F.normalize(view_a.float(), dim=1)
     b = F.normalize(view_b.float(), dim=1)
     all_a, offset = _gathered(a, gather)
@@ -78,7 +89,8 @@ def nt_xent_logits(view_a: torch.Tensor, view_b: torch.Tensor, temperature: floa
 def nt_xent(view_a: torch.Tensor, view_b: torch.Tensor, temperature: float, gather: bool = True) -> torch.Tensor:
     """NT-Xent loss (mean over this rank's 2n anchors); see :func:`nt_xent_logits`."""
     logits, targets = nt_xent_logits(view_a, view_b, temperature, gather)
-    return F.cross_entropy(logits, targets)
+    with _no_autocast(view_a):
+        return F.cross_entropy(logits, targets)
 
 
 def nt_xent_dual(z_s1: torch.Tensor, z_s2: torch.Tensor, temperature: float, gather: bool = True) -> torch.Tensor:
@@ -107,9 +119,10 @@ def dense_similarity(maps_x: torch.Tensor, maps_y: torch.Tensor) -> torch.Tensor
     """
     if maps_x.shape[1:] != maps_y.shape[1:]:
         raise ValueError(f"dense maps differ in (C, H, W): {tuple(maps_x.shape[1:])} vs {tuple(maps_y.shape[1:])}")
-    x = F.normalize(maps_x.float(), dim=1).flatten(2)
-    y = F.normalize(maps_y.float(), dim=1).flatten(2)
-    return torch.einsum("icp,jcp->ij", x, y) / x.shape[-1]
+    with _no_autocast(maps_x):
+        x = F.normalize(maps_x.float(), dim=1).flatten(2)
+        y = F.normalize(maps_y.float(), dim=1).flatten(2)
+        return torch.einsum("icp,jcp->ij", x, y) / x.shape[-1]
 
 
 def mma_logits(dense_s1: torch.Tensor, dense_s2: torch.Tensor, temperature: float, gather: bool = True) -> tuple[ContrastiveLogits, ContrastiveLogits]:
@@ -135,4 +148,5 @@ def mma_loss(dense_s1: torch.Tensor, dense_s2: torch.Tensor, temperature: float,
         ``S = dense_similarity(dense_s1, dense_s2)`` over the global batch.
     """
     rows, cols = mma_logits(dense_s1, dense_s2, temperature, gather)
-    return 0.5 * (F.cross_entropy(rows.logits, rows.targets) + F.cross_entropy(cols.logits, cols.targets))
+    with _no_autocast(dense_s1):
+        return 0.5 * (F.cross_entropy(rows.logits, rows.targets) + F.cross_entropy(cols.logits, cols.targets))

@@ -113,12 +113,13 @@ class StepOutput:
         loss: scalar tensor to minimise (this rank's share; DDP averages gradients over ranks).
         metrics: scalars averaged over ranks and over the log window (tensors are fine; they are
             synchronised only when logging).
-        counts: integers summed over ranks and over the whole run (e.g. samples replaced because of NaN).
+        counts: numbers (or scalar tensors) summed over ranks and over the whole run (e.g. samples
+            replaced because of NaN).
     """
 
     loss: torch.Tensor
     metrics: dict[str, torch.Tensor | float] = field(default_factory=dict)
-    counts: dict[str, int | float] = field(default_factory=dict)
+    counts: dict[str, int | float | torch.Tensor] = field(default_factory=dict)
 
 
 StepFn = Callable[[nn.Module, Any], StepOutput]
@@ -374,7 +375,7 @@ class Trainer:
         )
         self.logger.start_progress(self.total_steps, self.step)
         window: dict[str, list[torch.Tensor | float]] = {}
-        window_counts: dict[str, float] = {}
+        window_counts: dict[str, Any] = {}
         last_saved: Path | None = resumed_from
         saved_at = self.step if resumed_from is not None else -1
         data_time = compute_time = 0.0
@@ -399,8 +400,8 @@ class Trainer:
                     window.setdefault("loss", []).append(out.loss.detach())
                     for key, value in out.metrics.items():
                         window.setdefault(key, []).append(value.detach() if isinstance(value, torch.Tensor) else value)
-                    for key, value in out.counts.items():
-                        window_counts[key] = window_counts.get(key, 0.0) + float(value)
+                    for key, value in out.counts.items():  # tensors stay on device until logging
+                        window_counts[key] = window_counts.get(key, 0.0) + (value.detach() if isinstance(value, torch.Tensor) else float(value))
                     stop_now = stop_after_steps is not None and self.step - start >= stop_after_steps
                     save_now = (self.step % self.loop.checkpoint_every == 0 or self.step >= self.total_steps or stop_now)
                     # Flush the log window at checkpoints too, so the checkpoint's totals are exact.
@@ -426,14 +427,14 @@ class Trainer:
                         checkpoint=str(last_saved) if last_saved else None, **{f"total_{k}": v for k, v in self.totals.items()})
         return FitResult(self.step, self.total_steps, finished, last_saved, dict(self.last_metrics), dict(self.totals))
 
-    def _log_window(self, window: dict[str, list[Any]], counts: dict[str, float], steps: int,
+    def _log_window(self, window: dict[str, list[Any]], counts: dict[str, Any], steps: int,
                     data_time: float, compute_time: float, lr_factor: float, epoch: int) -> None:
         local: dict[str, float] = {}
         for key, values in window.items():
             tensors = [v.float().mean() if isinstance(v, torch.Tensor) else torch.tensor(float(v)) for v in values]
             local[key] = float(torch.stack([t.cpu() for t in tensors]).mean())
         metrics = all_reduce_mean(local, self.dist.device)
-        summed = all_reduce_sum(counts, self.dist.device)
+        summed = all_reduce_sum({k: float(v) for k, v in counts.items()}, self.dist.device)
         for key, value in summed.items():
             self.totals[key] = self.totals.get(key, 0.0) + value
         if not math.isfinite(metrics.get("loss", 0.0)):

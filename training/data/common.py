@@ -286,10 +286,21 @@ class FileListDataset(PairDataset):
         return file_pair_read(files, self.options, rng, f"{self.name} sample {files.sample_id}")
 
 
-def collate_samples(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stack sample dicts into a batch (every sample must have the same keys and shapes)."""
-    keys = samples[0].keys()
+def collate_samples(samples: list[dict[str, Any]], keep: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    """Stack sample dicts into a batch.
+
+    Args:
+        samples: sample dicts with tensors of equal shapes per key.
+        keep: only these keys (those present); other fields, e.g. label maps that only some
+            datasets of a concatenation have, are dropped. ``None``: every key, which must then be
+            present in every sample.
+
+    Raises:
+        DatasetError: samples disagree on the fields that are kept.
+    """
+    keys = [k for k in samples[0] if keep is None or k in keep]
     for s in samples[1:]:
-        if s.keys() != keys:
-            raise DatasetError(f"samples in one batch have different fields: {sorted(keys)} vs {sorted(s.keys())}")
+        have = [k for k in s if keep is None or k in keep]
+        if set(have) != set(keys):
+            raise DatasetError(f"samples in one batch have different fields: {sorted(keys)} vs {sorted(have)}")
     return {k: torch.stack([s[k] for s in samples]) for k in keys}
