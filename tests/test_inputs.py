@@ -135,3 +135,10 @@ def test_tensor_inputs_of_integer_dtype(model, pair):
     s1, s2 = pair
     out = model.embed(torch.from_numpy(s1), torch.from_numpy(s2.astype(np.int16)))
     assert isinstance(out, torch.Tensor) and out.dtype == torch.float32 and out.shape == (1, 1024)
+
+
+def test_warnings_point_at_the_callers_line(model, real_pair):
+    s1, s2 = real_pair
+    with pytest.warns(UserWarning, match=r"\+1000 offset") as record:
+        model.embed(s1, s2)
+    assert record[0].filename == __file__
