@@ -54,3 +54,7 @@ class WeightsNotAvailableError(S1S2Error, RuntimeError):
 
 class DownloadError(S1S2Error, OSError):
     """A download failed (server error, truncated transfer, ...)."""
+
+
+class ExportError(S1S2Error, RuntimeError):
+    """Exporting a model (ONNX, torch.export) failed, or an exported file lacks its metadata."""
