@@ -109,6 +109,70 @@ def _run_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert an original SSLTransformerRS .pth checkpoint into a checkpoint folder",
+        description="Convert an original SSLTransformerRS checkpoint (swin_t.pth, resnet50.pth, resnet18.pth "
+        "from the Google Drive links of HSG-AIML/SSLTransformerRS) into a folder that load_backbone() loads: "
+        "config.json, model.safetensors, README.md. The file is read with torch.load(weights_only=True).",
+    )
+    p.add_argument("checkpoint", help="the original .pth file")
+    p.add_argument("--arch", choices=("swin-t", "resnet50", "resnet18"), default=None,
+                   help="architecture of the checkpoint (default: inferred from its keys)")
+    p.add_argument("-o", "--output", default=None, help="folder to write (default: the registry name next to the file)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.set_defaults(run=_run_convert)
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from .convert import convert_sslt_checkpoint
+
+    report = convert_sslt_checkpoint(args.checkpoint, arch=args.arch, output=args.output, overwrite=args.overwrite)
+    print(report.summary())
+    return 0
+
+
+def _add_push(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "push",
+        help="upload a checkpoint folder to the Hugging Face Hub and print its registry pin",
+        description="Upload config.json, model.safetensors and README.md of a checkpoint folder to a Hub model "
+        "repository (created if needed), after checking that the weights load strictly and the model card "
+        "parses. Prints the repo id, commit and sha256 to pin in s1s2_encoders/registry.py. Uses HF_ENDPOINT "
+        "and HF_TOKEN (or the token of `hf auth login`).",
+    )
+    p.add_argument("folder", help="checkpoint folder (e.g. written by `s1s2 convert`)")
+    p.add_argument("--repo-id", required=True, help="Hub repository, ORG/NAME")
+    p.add_argument("--private", action="store_true", help="create the repository as private")
+    p.add_argument("--branch", default=None, help="branch to commit to (default: main)")
+    p.add_argument("--message", default=None, help="commit message")
+    p.add_argument("--token", default=None, help="Hub token with write access (default: HF_TOKEN / saved login)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(run=_run_push)
+
+
+def _run_push(args: argparse.Namespace) -> int:
+    from .hub import push_to_hub
+
+    result = push_to_hub(
+        args.folder, args.repo_id, token=args.token, private=args.private, commit_message=args.message,
+        branch=args.branch,
+    )
+    if args.json:
+        print(json.dumps({"name": result.name, "repo_id": result.repo_id, "revision": result.commit,
+                          "sha256": result.sha256, "url": result.url}, indent=2))
+        return 0
+    print(f"pushed {args.folder} to {result.repo_id} at commit {result.commit}")
+    if result.url:
+        print(f"  {result.url}")
+    print(f"  model.safetensors sha256 {result.sha256}")
+    target = f"the RegistryEntry {result.name!r}" if result.name else "its RegistryEntry"
+    print(f"\nTo publish it under its name, set in {target} (s1s2_encoders/registry.py):")
+    for line in result.registry_fields().splitlines():
+        print(f"    {line}")
+
+
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
@@ -160,6 +224,8 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_models,
     _add_info,
     _add_download,
+    _add_convert,
+    _add_push,
     _add_export,
 ]
 

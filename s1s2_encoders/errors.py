@@ -56,5 +56,17 @@ class DownloadError(S1S2Error, OSError):
     """A download failed (server error, truncated transfer, ...)."""
 
 
+class PublishError(S1S2Error, OSError):
+    """Uploading a checkpoint folder to the Hub failed (not authorised, server error, ...)."""
+
+
+class DatasetError(S1S2Error, ValueError):
+    """A training dataset is malformed: a bad split-CSV row, mismatched S1/S2 files, too many NaN samples."""
+
+
+class DataFileNotFoundError(S1S2Error, FileNotFoundError):
+    """A file or folder that a training dataset needs does not exist (the message names it)."""
+
+
 class ExportError(S1S2Error, RuntimeError):
     """Exporting a model (ONNX, torch.export) failed, or an exported file lacks its metadata."""

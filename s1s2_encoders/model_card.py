@@ -10,24 +10,36 @@ import json
 
 from .bands import UNITS
 from .config import ModelConfig
+from .registry import LICENSE_LINK_ORIGINAL, LICENSE_NAME_ORIGINAL, ORIGINAL_REPO
 
 LIBRARY_NAME = "s1s2-encoders"
 BASE_TAGS = ("remote-sensing", "earth-observation", "sentinel-1", "sentinel-2", "s1s2-encoders")
 
 
 def card_metadata(config: ModelConfig) -> dict[str, object]:
-    """YAML front matter for the Hub."""
+    """YAML front matter for the Hub.
+
+    The hand-written cards in ``model_cards/`` carry at least this metadata (a test checks it), so a
+    converted folder gets the same licence, library and tags whichever card it ends up with.
+    """
     tags = list(BASE_TAGS)
     if config.task == "backbone":
         tags.append("feature-extraction")
     tags.append(config.architecture)
-    return {
-        "license": config.license or "other",
-        "library_name": LIBRARY_NAME,
-        "tags": tags,
-        "pipeline_tag": "image-feature-extraction" if config.task == "backbone" else "image-segmentation"
-        if config.task == "segmentation" else "image-classification",
-    }
+    metadata: dict[str, object] = {"license": config.license or "other"}
+    if metadata["license"] == "other" and config.provenance.get("source") == ORIGINAL_REPO:
+        # Weights derived from the original repository, which states no licence.
+        metadata["license_name"] = LICENSE_NAME_ORIGINAL
+        metadata["license_link"] = LICENSE_LINK_ORIGINAL
+    metadata.update(
+        {
+            "library_name": LIBRARY_NAME,
+            "tags": tags,
+            "pipeline_tag": "image-feature-extraction" if config.task == "backbone" else "image-segmentation"
+            if config.task == "segmentation" else "image-classification",
+        }
+    )
+    return metadata
 
 
 def _yaml(metadata: dict[str, object]) -> str:
@@ -39,6 +51,48 @@ def _yaml(metadata: dict[str, object]) -> str:
         else:
             lines.append(f"{key}: {value}")
     return "\n".join(lines)
+
+
+def _usage(config: ModelConfig) -> str:
+    """Usage section: ``embed`` for backbones; ``predict`` and the class table for task models."""
+    if config.task == "backbone":
+        return """## Usage
+
+```python
+from s1s2_encoders import load_backbone
+model = load_backbone("path/or/hf-hub:ORG/REPO")
+emb = model.embed(s1, s2)   # s1: (2, H, W) dB, s2: (13, H, W) L1C DN -> (1, D)
+```
+"""
+    head = config.head
+    names = head.get("class_names", [])
+    colors = head.get("class_colors", [[0, 0, 0]] * len(names))
+    rows = "\n".join(
+        f"| {i} | {name} | #{c[0]:02x}{c[1]:02x}{c[2]:02x} |" for i, (name, c) in enumerate(zip(names, colors))
+    )
+    if config.task == "segmentation":
+        call = "probs = model.predict(s1, s2)   # (1, K, H, W) softmax probabilities, any H x W"
+        kind = f"Per-pixel land-cover segmentation ({head.get('decoder', {}).get('kind', 'decoder')} decoder)"
+    else:
+        multi = head.get("multi_label", False)
+        call = f"probs = model.predict(s1, s2)   # (1, K) {'sigmoid (multi-label)' if multi else 'softmax'} probabilities"
+        kind = "Multi-label scene classification" if multi else "Single-label scene classification"
+    return f"""## Task
+
+{kind}, fusion `{head.get('fusion')}`. Output classes (index, name, legend colour):
+
+| index | class | colour |
+|---|---|---|
+{rows}
+
+## Usage
+
+```python
+from s1s2_encoders import load_model
+model = load_model("path/or/hf-hub:ORG/REPO")
+{call}
+```
+"""
 
 
 def render_model_card(config: ModelConfig) -> str:
@@ -80,14 +134,7 @@ Sentinel-2 products from processing baseline 04.00 on (25 January 2022) carry a 
 pass `s2_offset=1000` for them. Trained on {config.input_size} x {config.input_size} pixel crops;
 any size works.
 
-## Usage
-
-```python
-from s1s2_encoders import load_backbone
-model = load_backbone("path/or/hf-hub:ORG/REPO")
-emb = model.embed(s1, s2)   # s1: (2, H, W) dB, s2: (13, H, W) L1C DN -> (1, D)
-```
-
+{_usage(config)}
 ## Provenance
 
 ```json

@@ -38,6 +38,10 @@ CITATION_ISPRS2022 = """@article{scheibenreif2022contrastive,
 
 ORIGINAL_REPO = "https://github.com/HSG-AIML/SSLTransformerRS"
 ORIGINAL_COMMIT = "23ffb689e124f74342ebcec50ad946a582d0f64a"
+# Hugging Face metadata for weights derived from the original repository, which has no licence file:
+# ``license: other`` needs a name and a link; the link points at the repository at the pinned commit.
+LICENSE_NAME_ORIGINAL = "no-license-stated"
+LICENSE_LINK_ORIGINAL = f"{ORIGINAL_REPO}/tree/{ORIGINAL_COMMIT}"
 LICENSE_NOTE_ORIGINAL = (
     "The original repository (HSG-AIML/SSLTransformerRS) states no licence for its code or weights; "
     "ask the authors before commercial use. Training data: SEN12MS, CC BY 4.0."

@@ -1,15 +1,22 @@
-"""Models: timm towers, the two-tower backbone, and the factory that loads them."""
+"""Models: timm towers, the two-tower backbone, task heads and models, and the factories that load them."""
 
 from .backbone import S1S2Backbone, TowerOutput
-from .factory import create_backbone, load_backbone
+from .factory import create_backbone, load_backbone, load_model
+from .task import S1S2Classifier, S1S2Segmenter, S1S2TaskModel, create_model, task_config
 from .towers import PYRAMID_STRIDES, TOTAL_STRIDE, create_tower
 
 __all__ = [
     "PYRAMID_STRIDES",
     "S1S2Backbone",
+    "S1S2Classifier",
+    "S1S2Segmenter",
+    "S1S2TaskModel",
     "TOTAL_STRIDE",
     "TowerOutput",
     "create_backbone",
+    "create_model",
     "create_tower",
     "load_backbone",
+    "load_model",
+    "task_config",
 ]

@@ -93,6 +93,54 @@ def _valid_fraction(valid: torch.Tensor, stride: int, size: tuple[int, int]) -> 
     return fraction[..., : size[0], : size[1]]
 
 
+def pool_valid_cells(last: torch.Tensor, valid_padded: torch.Tensor | None) -> torch.Tensor:
+    """Pool a cropped stride-32 map ``(B, C, h, w)`` to ``(B, C)``.
+
+    Without a mask this is the plain spatial mean. With ``valid_padded`` (``(B, 1, H_pad, W_pad)``
+    bool, the mask after :func:`_pad_to_stride`), cells are weighted by the fraction of valid
+    pixels they saw, and a sample with no valid pixel gets NaN rather than a silent number.
+    Shared by the backbone's ``embed`` and the classifiers built on it.
+    """
+    if valid_padded is None:
+        return last.mean(dim=(2, 3))
+    weight = _valid_fraction(valid_padded, TOTAL_STRIDE, last.shape[-2:])
+    total = weight.sum(dim=(2, 3))
+    pooled = (last * weight).sum(dim=(2, 3)) / total.clamp_min(1e-12)
+    return torch.where(total > 0, pooled, torch.full_like(pooled, math.nan))
+
+
+def prepare_pair(
+    config: ModelConfig,
+    s1: Any,
+    s2: Any,
+    s1_bands: Sequence[str] | None = None,
+    s2_bands: Sequence[str] | None = None,
+    s2_offset: float | None = None,
+    nodata: NodataPolicy = "raise",
+    check_units: bool = True,
+) -> dict[str, PreparedInput]:
+    """Validate and convert the user's S1 / S2 arrays for a model with ``config``'s bands.
+
+    The one input path of every model in the package (backbones and task models): band selection
+    and re-ordering by name, NaN/inf policy, unit checks, the S2 offset, the S1/S2 pairing checks
+    and the missing-band warning. Modalities passed as ``None`` are left out of the result.
+
+    Returns:
+        ``{"s1": PreparedInput, "s2": PreparedInput}`` (only the given modalities).
+    """
+    prepared: dict[str, PreparedInput] = {}
+    if s1 is not None:
+        prepared["s1"] = prepare_input(s1, "s1", config.s1_bands, s1_bands, nodata=nodata, check_units=check_units)
+    if s2 is not None:
+        prepared["s2"] = prepare_input(
+            s2, "s2", config.s2_bands, s2_bands, nodata=nodata, check_units=check_units, s2_offset=s2_offset,
+        )
+    check_pair(prepared.get("s1"), prepared.get("s2"))
+    for modality, item in prepared.items():
+        warn_missing_bands(item, modality)  # type: ignore[arg-type]
+    return prepared
+
+
 class S1S2Backbone(nn.Module):
     """Two independent towers, one for Sentinel-1 and one for Sentinel-2, with normalisation inside.
 
@@ -181,14 +229,8 @@ class S1S2Backbone(nn.Module):
             last = last_feature_map(tower, self.config.architecture, normalized)
             last = last[..., : _ceil_div(h, TOTAL_STRIDE), : _ceil_div(w, TOTAL_STRIDE)]
         last = last.float()
-        if valid_padded is None:
-            pooled = last.mean(dim=(2, 3))
-        else:
-            # Mean over cells weighted by how much valid data each cell saw; NaN when none did.
-            weight = _valid_fraction(valid_padded, TOTAL_STRIDE, last.shape[-2:])
-            total = weight.sum(dim=(2, 3))
-            pooled = (last * weight).sum(dim=(2, 3)) / total.clamp_min(1e-12)
-            pooled = torch.where(total > 0, pooled, torch.full_like(pooled, math.nan))
+        pooled = pool_valid_cells(last, valid_padded)
+        if valid_padded is not None:
             if pyramid is not None:
                 masked = []
                 for stride, level in zip(PYRAMID_STRIDES, pyramid):
@@ -341,20 +383,7 @@ class S1S2Backbone(nn.Module):
         self, s1: Any, s2: Any, s1_bands: Any, s2_bands: Any, s2_offset: float | None, nodata: NodataPolicy,
         check_units: bool,
     ) -> dict[str, PreparedInput]:
-        prepared: dict[str, PreparedInput] = {}
-        if s1 is not None:
-            prepared["s1"] = prepare_input(
-                s1, "s1", self.config.s1_bands, s1_bands, nodata=nodata, check_units=check_units
-            )
-        if s2 is not None:
-            prepared["s2"] = prepare_input(
-                s2, "s2", self.config.s2_bands, s2_bands, nodata=nodata, check_units=check_units,
-                s2_offset=s2_offset,
-            )
-        check_pair(prepared.get("s1"), prepared.get("s2"))
-        for modality, item in prepared.items():
-            warn_missing_bands(item, modality)  # type: ignore[arg-type]
-        return prepared
+        return prepare_pair(self.config, s1, s2, s1_bands, s2_bands, s2_offset, nodata, check_units)
 
     def _run(
         self, s1: Any, s2: Any, s1_bands: Any, s2_bands: Any, s2_offset: float | None, batch_size: int,
