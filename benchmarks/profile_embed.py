@@ -11,7 +11,9 @@ a module's *self* time is its time minus that of its timed children, and is book
     LayerNorm              nn.LayerNorm
     GELU                   nn.GELU
     window shift/partition SwinTransformerBlock minus children: roll, pad, window partition/reverse,
-                           shifted-window mask, residual adds
+                           shifted-window mask, residual adds (inference copies: window gather/scatter
+                           and the attention core, which they run inline)
+    fc1+GELU fused         inference copies only: oneDNN linear with GELU post-op
     patch merging          PatchMerging minus children: 2x2 gather and reshape
     conv                   nn.Conv2d (patch embedding; all of a ResNet's convolutions)
     batchnorm/relu/...     other leaf modules
@@ -20,6 +22,7 @@ a module's *self* time is its time minus that of its timed children, and is book
 FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` per module, so GFLOP/s can be given per
 category (linear, attention core, conv) and compared with the bfloat16 GEMM peak measured in the same
 run. Hooks add a few microseconds per module call; totals are within a few percent of an unhooked run.
+Then ``torch.profiler`` lists the ATen operators with the most self time (``--ops N``).
 """
 
 from __future__ import annotations
@@ -57,6 +60,9 @@ def category(module: nn.Module) -> str:
         "ReLU": "relu",
         "Bottleneck": "residual add (ResNet)",
         "BasicBlock": "residual add (ResNet)",
+        # In the inference copies the Mlp runs fc1 + GELU as one oneDNN call (its own time), and the
+        # block runs the attention core inline (in the block's own time).
+        "Mlp": "fc1+GELU fused (inference copy)",
     }.get(name, "other")
 
 
@@ -122,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--towers", default="plain,inference", help="plain: timm towers cast to the dtype; "
                         "inference: the optimised copies embed uses (s1s2_encoders.models.fast)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--ops", type=int, default=12, help="rows of the torch.profiler operator table (0: none)")
     args = parser.parse_args(argv)
 
     if args.threads:
@@ -151,7 +158,16 @@ def main(argv: list[str] | None = None) -> int:
             layout = input_memory_format(towers["s1"])
             n1 = model.s1_normalizer(x1).to(dtype).contiguous(memory_format=layout)
             n2 = model.s2_normalizer(x2).to(dtype).contiguous(memory_format=layout)
-            flops = flops_by_category(towers["s1"], lambda: (towers["s1"](n1), towers["s2"](n2)))
+            if kind == "plain":
+                flops = flops_by_category(towers["s1"], lambda: (towers["s1"](n1), towers["s2"](n2)))
+                plain_flops = flops
+            else:
+                # oneDNN's fused linear has no FLOP formula: the inference copies do the plain towers'
+                # arithmetic, so their total is used and no per-category split is shown.
+                if "plain_flops" not in locals():
+                    plain = {m: copy.deepcopy(model.tower(m)).to(dtype).eval() for m in ("s1", "s2")}
+                    plain_flops = flops_by_category(plain["s1"], lambda: (plain["s1"](n1.contiguous()), plain["s2"](n2.contiguous())))
+                flops = {"total": sum(plain_flops.values())}
         run()  # warm-up
         totals, timers = [], []
         peak = gemm_peak_gflops(torch.bfloat16, torch.device("cpu"), repeats=3)
@@ -169,11 +185,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n## {dtype_name}, {kind} towers: {total:.3f} s per batch = {args.batch / total:.2f} pairs/s, "
               f"{all_flops / args.batch / 1e9:.2f} GFLOP per pair, {all_flops / total / 1e9:.0f} GFLOP/s overall "
               f"(bfloat16 GEMM peak measured now: {peak:.0f} GFLOP/s)")
-        print(f"{'category':<24} {'seconds':>8} {'share':>6} {'GFLOP':>8} {'GFLOP/s':>8}")
+        print(f"{'category':<32} {'seconds':>8} {'share':>6} {'GFLOP':>8} {'GFLOP/s':>8}")
         for cat, seconds in sorted(self_time.items(), key=lambda kv: -kv[1]):
-            f = flops.get(cat, 0.0)
+            f = flops.get(cat, 0.0) if kind == "plain" else 0.0
             rate = f"{f / seconds / 1e9:8.0f}" if f and seconds > 0 else f"{'':>8}"
-            print(f"{cat:<24} {seconds:8.3f} {100 * seconds / total:5.1f}% {f / 1e9:8.1f} {rate}")
+            print(f"{cat:<32} {seconds:8.3f} {100 * seconds / total:5.1f}% {f / 1e9:8.1f} {rate}")
+        if args.ops:
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                run()
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.ops, max_name_column_width=44))
     return 0
 
 
