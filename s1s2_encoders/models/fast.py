@@ -14,6 +14,9 @@ Swin (``SwinTransformerBlock``)
       bias table and (with ``strict_img_size=False``) rebuilds the mask with Python loops at every
       call; the sum ``bias + mask`` per window is cached per feature-map size. Identical up to the
       order of one addition in the masked (-100) entries, which softmax sends to 0 either way.
+    * **Attention scale folded into the query weights**: ``q * scale`` is an extra pass over the
+      queries (and a copy of the strided view); multiplying the query rows of the ``qkv`` weight and
+      bias by ``scale`` (in float32, before the cast) gives the same scores up to rounding.
     * **fc1 + GELU fused** (CPU): oneDNN's linear with a GELU post-op
       (``torch.ops.mkldnn._linear_pointwise``) instead of a separate, memory-bound GELU pass over
       the largest activation of the block. The same erf GELU; rounding differs in the last bit.
@@ -46,7 +49,9 @@ from .towers import is_swin
 def inference_tower(tower: nn.Module, architecture: str, dtype: torch.dtype, device: torch.device) -> nn.Module:
     """An eval-mode, gradient-free copy of ``tower`` in ``dtype`` on ``device``, optimised for inference."""
     copied = copy.deepcopy(tower).eval()
-    if not is_swin(architecture):
+    if is_swin(architecture):
+        _fold_attention_scales(copied)  # in float32, before the cast
+    else:
         _fold_batchnorms(copied)  # in float32, before the cast
     copied = copied.to(device=device, dtype=dtype)
     if is_swin(architecture):
@@ -110,6 +115,32 @@ def _patch_swin(tower: nn.Module, device: torch.device) -> None:
             and isinstance(mlp.norm, nn.Identity) and isinstance(mlp.fc1, nn.Linear)
         ):
             mlp.forward = types.MethodType(_mlp_fused_gelu, mlp)
+
+
+def _fold_attention_scales(tower: nn.Module) -> int:
+    """Multiply the query rows of every WindowAttention's ``qkv`` by its ``scale`` and set the scale
+    to 1, so that timm's own (non-fused) forward stays correct too; returns how many were folded.
+
+    Attention modules on timm's fused path are skipped: ``scaled_dot_product_attention`` applies its
+    own default scale, not ``attn.scale``.
+    """
+    from timm.models.swin_transformer import WindowAttention
+
+    folded = 0
+    for attn in tower.modules():
+        if (
+            not isinstance(attn, WindowAttention) or not isinstance(getattr(attn, "qkv", None), nn.Linear)
+            or getattr(attn, "fused_attn", False) or not isinstance(getattr(attn, "scale", None), float)
+        ):
+            continue
+        rows = attn.qkv.out_features // 3
+        with torch.no_grad():
+            attn.qkv.weight[:rows] *= attn.scale
+            if attn.qkv.bias is not None:
+                attn.qkv.bias[:rows] *= attn.scale
+        attn.scale = 1.0
+        folded += 1
+    return folded
 
 
 def _window_permutation(h: int, w: int, window: tuple[int, int], shift: tuple[int, int], device: torch.device):
@@ -177,7 +208,7 @@ def _window_attention(attn: nn.Module, x: torch.Tensor, bias: torch.Tensor) -> t
     heads = attn.num_heads
     qkv = attn.qkv(x).view(windows, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
-    scores = (q * attn.scale) @ k.transpose(-2, -1)  # (windows, heads, n, n)
+    scores = (q if attn.scale == 1.0 else q * attn.scale) @ k.transpose(-2, -1)  # (windows, heads, n, n)
     scores = (scores.view(-1, bias.shape[0], heads, n, n) + bias).softmax(dim=-1)
     out = scores.view(windows, heads, n, n) @ v
     return attn.proj(out.transpose(1, 2).reshape(windows, n, -1))
