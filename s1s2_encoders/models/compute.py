@@ -111,7 +111,7 @@ def auto_dtype(
     """
     if device.type == "cuda":
         if cuda_bf16 is None:
-            cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+            cuda_bf16 = _cuda_native_bf16()
         if cuda_bf16:
             return torch.bfloat16, "CUDA device with native bfloat16"
         return torch.float32, "CUDA device without native bfloat16 (compute capability < 8.0)"
@@ -122,6 +122,15 @@ def auto_dtype(
             return torch.bfloat16, f"CPU with native bfloat16 ({', '.join(found) or 'as told'})"
         return torch.float32, "CPU without native bfloat16 (no avx512_bf16/amx_bf16): bfloat16 would be emulated"
     return torch.float32, f"no bfloat16 fast path known for device type {device.type!r}"
+
+
+def _cuda_native_bf16() -> bool:
+    if not torch.cuda.is_available():
+        return False
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # torch < 2.4 has no including_emulation (and did not count emulation)
+        return bool(torch.cuda.is_bf16_supported())
 
 
 _ALIASES = {
