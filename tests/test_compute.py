@@ -203,6 +203,22 @@ def test_inference_copies_are_cached_hidden_and_rebuilt_when_weights_change(real
     assert not np.allclose(changed, after_load[:, 512:])
 
 
+def test_models_with_cached_copies_pickle_and_deepcopy_without_them(real_pair, tmp_path):
+    import copy
+
+    model = tiny_model("swin-t")
+    s1, s2 = real_pair
+    before = model.embed(s1, s2, s2_offset=1000)
+    assert len(model._inference_towers) == 2
+    clone = copy.deepcopy(model)
+    assert len(clone._inference_towers) == 0
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert len(loaded._inference_towers) == 0
+    np.testing.assert_array_equal(loaded.embed(s1, s2, s2_offset=1000), before)
+    np.testing.assert_array_equal(clone.embed(s1, s2, s2_offset=1000), before)
+
+
 # ---------------------------------------------------------------------------------------------- parallel towers
 def test_parallel_towers_policy(monkeypatch):
     threads = torch.get_num_threads()

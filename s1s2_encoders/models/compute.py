@@ -216,11 +216,19 @@ class InferenceTowers:
     """Cached inference copies of the towers (:func:`.fast.inference_tower`), rebuilt when the source changes.
 
     Stored on the backbone as a plain attribute (not a submodule), so the copies never appear in
-    ``state_dict()`` or ``parameters()``.
+    ``state_dict()`` or ``parameters()``. Copies are not pickled or deep-copied with the model
+    (they are rebuilt on first use), and a copy made from weights that have since changed is
+    dropped on the next request for that tower, on any device.
     """
 
     def __init__(self) -> None:
         self._entries: dict[tuple[str, str, torch.dtype], tuple[tuple, nn.Module]] = {}
+
+    def __getstate__(self) -> dict:
+        return {"_entries": {}}
+
+    def __setstate__(self, state: dict) -> None:
+        self._entries = {}
 
     def get(self, name: str, tower: nn.Module, architecture: str, dtype: torch.dtype, device: torch.device) -> nn.Module:
         """The ``dtype`` inference copy of ``tower`` on ``device`` (built on first use)."""
@@ -231,7 +239,8 @@ class InferenceTowers:
         entry = self._entries.get(key)
         if entry is not None and entry[0] == signature:
             return entry[1]
-        self._entries.pop(key, None)  # free the stale copy before building the new one
+        for stale in [k for k, (sig, _) in self._entries.items() if k[0] == name and sig != signature]:
+            del self._entries[stale]  # free stale copies (old weights, old device) before building
         with torch.no_grad():
             copied = inference_tower(tower, architecture, dtype, device)
         self._entries[key] = (signature, copied)
