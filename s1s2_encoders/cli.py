@@ -173,6 +173,51 @@ def _run_push(args: argparse.Namespace) -> int:
     print(f"\nTo publish it under its name, set in {target} (s1s2_encoders/registry.py):")
     for line in result.registry_fields().splitlines():
         print(f"    {line}")
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export the embedder (normalisation included) to ONNX or a torch.export program",
+        description=(
+            "Export the pooled embedder of a checkpoint: raw S1 dB / S2 L1C DN (offset removed) in, (B, D) "
+            "embedding out, dynamic batch (and height/width for ResNet). The file is checked against PyTorch "
+            "after writing and the largest difference is printed."
+        ),
+    )
+    p.add_argument("model", help="checkpoint folder (or registry name / hf-hub:ORG/REPO)")
+    p.add_argument("--format", required=True, choices=["onnx", "torch-export"], help="onnx (.onnx) or torch-export (.pt2)")
+    p.add_argument("-o", "--output", required=True, help="file to write (.onnx / .pt2)")
+    p.add_argument("--modality", default="both", choices=["both", "s1", "s2"], help="fused S1+S2 (default) or one tower")
+    p.add_argument("--height", type=int, default=None, help="input height of a Swin export (default: the checkpoint's crop size)")
+    p.add_argument("--width", type=int, default=None, help="input width of a Swin export (default: the height)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    p.add_argument("--no-check", action="store_true", help="do not run the written file against PyTorch")
+    p.set_defaults(run=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .export import export_embedder
+    from .models import load_backbone
+
+    model = load_backbone(args.model)
+    try:
+        result = export_embedder(
+            model, args.output, format=args.format, modality=args.modality, height=args.height, width=args.width,
+            opset=args.opset, overwrite=args.overwrite, check=not args.no_check,
+        )
+    except (FileExistsError, ValueError) as exc:
+        print(f"s1s2 export: error: {exc}", file=sys.stderr)
+        return 2
+    size = f"{result.height} x {result.width}" if result.height is not None else "dynamic H x W (>= 33)"
+    print(f"wrote {result.path} ({args.format}): inputs {', '.join(result.inputs)}, batch dynamic, {size}, "
+          f"output embedding (B, {result.embed_dim})")
+    if result.max_abs_diff is not None:
+        shapes = ", ".join(f"{b}x{h}x{w}" for b, h, w in result.checked_shapes)
+        print(f"max |exported - PyTorch| = {result.max_abs_diff:.3g} (float32; B x H x W = {shapes})")
+    elif not args.no_check:
+        print("not checked: onnxruntime is not installed")
     return 0
 
 
@@ -421,6 +466,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_push,
     _add_embed,
     _add_predict,
+    _add_export,
 ]
 
 

@@ -82,3 +82,7 @@ class OutputExistsError(S1S2Error, FileExistsError):
 
 class OptionError(S1S2Error, ValueError):
     """An option of a whole-scene run has an invalid value (tile size, overlap, stride, format ...)."""
+
+
+class ExportError(S1S2Error, RuntimeError):
+    """Exporting a model (ONNX, torch.export) failed, or an exported file lacks its metadata."""

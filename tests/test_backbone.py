@@ -48,7 +48,8 @@ def test_determinism_and_batch_invariance(any_tiny_model, real_batch):
 
 
 def test_embedding_matches_the_plain_timm_forward(any_tiny_model, real_pair):
-    """At 224 px (a multiple of 32) embed == normalise + timm tower forward, no padding involved."""
+    """At 224 px (a multiple of 32) embed == normalise + timm tower forward, no padding involved
+    (float32 asked for explicitly: the default "auto" may compute in bfloat16)."""
     s1, s2 = real_pair
     model = any_tiny_model
     x1 = torch.from_numpy(s1.astype(np.float32))[None]
@@ -57,7 +58,7 @@ def test_embedding_matches_the_plain_timm_forward(any_tiny_model, real_pair):
         expected = torch.cat([model.s1(model.s1_normalizer(x1)), model.s2(model.s2_normalizer(x2))], 1)
         forward = model(x1, x2)
     torch.testing.assert_close(forward, expected, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(model.embed(s1, s2, s2_offset=1000), expected.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model.embed(s1, s2, s2_offset=1000, dtype="float32"), expected.numpy(), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("size", [(64, 64), (50, 77), (33, 100)])
@@ -118,7 +119,7 @@ def test_l2a_subset_equals_a_tower_without_those_first_layer_weights(real_pair):
     keep = [i for i in range(13) if i != 10]
     l2a_stack = s2[keep]
     with pytest.warns(UserWarning, match=r"band\(s\) B10 missing from the input; the model's first-layer weights for them are dropped"):
-        got = model.embed(s2=l2a_stack, s2_bands=S2_L2A_BANDS, s2_offset=1000)
+        got = model.embed(s2=l2a_stack, s2_bands=S2_L2A_BANDS, s2_offset=1000, dtype="float32")
     # Build the reduced tower by hand.
     import timm
 
@@ -153,7 +154,7 @@ def test_nodata_mask_excludes_invalid_pixels(real_pair):
 
 def test_bfloat16_agrees_with_float32(any_tiny_model, real_pair):
     s1, s2 = real_pair
-    fp32 = any_tiny_model.embed(s1, s2, s2_offset=1000)
+    fp32 = any_tiny_model.embed(s1, s2, s2_offset=1000, dtype="float32")
     bf16 = any_tiny_model.embed(s1, s2, s2_offset=1000, dtype="bfloat16")
     assert bf16.dtype == np.float32
     cosine = (fp32 * bf16).sum() / np.linalg.norm(fp32) / np.linalg.norm(bf16)

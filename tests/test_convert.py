@@ -80,7 +80,7 @@ def assert_embed_parity(model, arch: str, sd, tiny: bool, batch: int = 2) -> flo
     """model.embed on raw S1 dB / S2 DN == reference(original normalisation(raw)); returns max |diff|."""
     size = input_size(arch, tiny)
     s1, s2 = synthetic_pair((batch,), h=size, w=size, seed=3)
-    ours = model.embed(s1, s2)
+    ours = model.embed(s1, s2, dtype="float32")  # float32 parity; the default "auto" may run bfloat16
     ref = torch.cat(
         [reference_pooled(arch, sd, m, sslt_normalise(torch.from_numpy(x), m), tiny) for m, x in (("s1", s1), ("s2", s2))],
         dim=1,

@@ -223,7 +223,7 @@ def test_from_backbone_copies_the_towers_and_the_classifier_pools_like_embed(rea
     x2 = torch.from_numpy(s2.astype(np.float32))[None] - 1000
     with torch.no_grad():
         pooled = classifier.pooled_features({"s1": classifier.normalize("s1", x1), "s2": classifier.normalize("s2", x2)})
-    np.testing.assert_allclose(pooled.numpy(), backbone.embed(s1, s2, s2_offset=1000), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(pooled.numpy(), backbone.embed(s1, s2, s2_offset=1000, dtype="float32"), rtol=1e-5, atol=1e-5)
     probs = classifier.predict(s1, s2, s2_offset=1000)
     expected = torch.sigmoid(classifier.head(pooled)).detach().numpy()
     np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-6)

@@ -6,7 +6,7 @@ import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -17,6 +17,15 @@ from ..config import ModelConfig
 from ..errors import InputShapeError
 from ..inputs import ArrayLike, NodataPolicy, PreparedInput, check_pair, prepare_input, warn_missing_bands
 from ..preprocess import InputNormalizer
+from .compute import (
+    ComputeChoice,
+    InferenceTowers,
+    choose_compute,
+    input_memory_format,
+    parse_dtype,
+    run_towers,
+    tower_dtype,
+)
 from .towers import (
     PYRAMID_STRIDES,
     TOTAL_STRIDE,
@@ -45,22 +54,16 @@ class TowerOutput:
 
 
 def resolve_dtype(dtype: DTypeArg) -> torch.dtype:
-    """``None``/``"float32"`` -> float32; ``"bfloat16"``/``"bf16"`` -> bfloat16."""
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
-        return dtype
-    aliases = {
-        "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-        "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-        "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    }
-    try:
-        return aliases[str(dtype).lower()]
-    except KeyError:
-        raise ValueError(f"dtype must be 'float32', 'bfloat16' or 'float16', got {dtype!r}") from None
+    """``None``/``"float32"`` -> float32; ``"bfloat16"``/``"bf16"`` -> bfloat16 (no ``"auto"``:
+    that needs a device, see :func:`~s1s2_encoders.models.compute.choose_compute`)."""
+    if isinstance(dtype, str) and dtype.lower() == "auto":
+        raise ValueError("resolve_dtype cannot decide 'auto' without a device; use choose_compute(dtype, device)")
+    return parse_dtype(dtype) or torch.float32
+
+
+def _ceil_div(n: Any, d: int) -> Any:
+    """``ceil(n / d)`` for a non-negative int or symbolic int ``n``."""
+    return (n + d - 1) // d
 
 
 def _pad_to_stride(x: torch.Tensor, valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -70,8 +73,13 @@ def _pad_to_stride(x: torch.Tensor, valid: torch.Tensor | None) -> tuple[torch.T
     [i*s, (i+1)*s) x [j*s, (j+1)*s): features stay aligned with input pixels.
     """
     h, w = x.shape[-2:]
-    pad_h, pad_w = (-h) % TOTAL_STRIDE, (-w) % TOTAL_STRIDE
-    if pad_h == 0 and pad_w == 0:
+    # (n + 31) // 32 * 32 rather than (-n) % 32: under torch.export every later size (stages,
+    # windows) is then a multiple of one symbol, which keeps the symbolic shape algebra small.
+    pad_h = _ceil_div(h, TOTAL_STRIDE) * TOTAL_STRIDE - h
+    pad_w = _ceil_div(w, TOTAL_STRIDE) * TOTAL_STRIDE - w
+    # Under torch.export / torch.compile the sizes are symbolic: branching on them would pin the
+    # exported program to one size, so the (possibly zero) padding is always applied there.
+    if not torch.compiler.is_compiling() and pad_h == 0 and pad_w == 0:
         return x, valid
     x = F.pad(x, (0, pad_w, 0, pad_h))
     if valid is not None:
@@ -152,6 +160,10 @@ class S1S2Backbone(nn.Module):
         norm = config.normalization
         self.s1_normalizer = InputNormalizer(norm.kind, norm.s1, len(config.s1_bands), norm.eps)
         self.s2_normalizer = InputNormalizer(norm.kind, norm.s2, len(config.s2_bands), norm.eps)
+        # Inference copies of the towers used by embed (a plain attribute: never in state_dict()).
+        self._inference_towers = InferenceTowers()
+        self.last_compute: ComputeChoice | None = None
+        """How the last :meth:`embed` / :meth:`embed_dense` call computed (dtype, device, why)."""
 
     # ------------------------------------------------------------------ introspection
     @property
@@ -186,6 +198,7 @@ class S1S2Backbone(nn.Module):
         valid: torch.Tensor | None = None,
         present: Sequence[int] | None = None,
         dense: bool = False,
+        tower: nn.Module | None = None,
     ) -> TowerOutput:
         """Normalise and encode one modality.
 
@@ -195,20 +208,26 @@ class S1S2Backbone(nn.Module):
             valid: optional ``(B, 1, H, W)`` bool mask of pixels with data.
             present: model positions of ``x``'s channels when bands are missing.
             dense: also return the feature pyramid.
+            tower: run this module instead of the modality's own tower (``embed`` passes its
+                bfloat16 copy). The normalised input is cast to the tower's weight dtype and
+                memory format; normalisation itself always runs in float32.
         """
         h, w = x.shape[-2:]
         normalized = self.normalizer(modality)(x, valid=valid, present=present)
         normalized, valid_padded = _pad_to_stride(normalized, valid)
-        tower = self.tower(modality)
+        tower = self.tower(modality) if tower is None else tower
+        normalized = normalized.to(dtype=tower_dtype(tower), memory_format=input_memory_format(tower))
+        # Integer ceil-division, written like the padding in _pad_to_stride: exact, and symbolic
+        # shapes under torch.export stay provably equal (math.ceil would fix the size).
         if dense:
             pyramid = feature_pyramid(tower, self.config.architecture, normalized)
-            sizes = [(math.ceil(h / s), math.ceil(w / s)) for s in PYRAMID_STRIDES]
+            sizes = [(_ceil_div(h, s), _ceil_div(w, s)) for s in PYRAMID_STRIDES]
             pyramid = [m[..., : sh, : sw] for m, (sh, sw) in zip(pyramid, sizes)]
             last = pyramid[-1]
         else:
             pyramid = None
             last = last_feature_map(tower, self.config.architecture, normalized)
-            last = last[..., : math.ceil(h / TOTAL_STRIDE), : math.ceil(w / TOTAL_STRIDE)]
+            last = last[..., : _ceil_div(h, TOTAL_STRIDE), : _ceil_div(w, TOTAL_STRIDE)]
         last = last.float()
         pooled = pool_valid_cells(last, valid_padded)
         if valid_padded is not None:
@@ -247,7 +266,7 @@ class S1S2Backbone(nn.Module):
         per_modality: bool = False,
         batch_size: int = 32,
         device: str | torch.device | None = None,
-        dtype: DTypeArg = None,
+        dtype: DTypeArg = "auto",
         nodata: NodataPolicy = "raise",
         check_units: bool = True,
     ) -> Any:
@@ -266,7 +285,15 @@ class S1S2Backbone(nn.Module):
             per_modality: return ``{"s1": (B, D1), "s2": (B, D2)}`` instead of the concatenation.
             batch_size: samples per forward pass (bounds memory for large inputs).
             device: where to compute (default: where the model is).
-            dtype: ``"float32"`` (default) or ``"bfloat16"`` (autocast; outputs are float32).
+            dtype: ``"auto"`` (default): bfloat16 where the hardware runs it natively (CUDA with
+                compute capability >= 8.0, CPUs with AVX512-BF16 or AMX), else float32; the
+                choice is logged once (logger ``s1s2_encoders``, INFO) and kept in
+                :attr:`last_compute`; the environment variable ``S1S2_DTYPE`` overrides it.
+                ``"auto"`` and ``"bfloat16"`` run cached inference copies of the towers in that
+                dtype (normalisation stays float32; see :mod:`s1s2_encoders.models.compute`);
+                ``"float32"`` runs the model's own towers (the reference); ``"float16"`` autocast.
+                Outputs are float32 whatever the compute dtype. bfloat16 embeddings agree with
+                float32 to cosine similarity >= 0.999 (README, "Performance").
             nodata: ``"raise"`` on NaN/inf input, or ``"mask"`` them: they are excluded from
                 pooling, and a sample with no valid pixel in a modality gets NaN for it.
             check_units: raise :class:`~s1s2_encoders.errors.UnitsError` on values that look like
@@ -296,7 +323,7 @@ class S1S2Backbone(nn.Module):
         per_modality: bool = False,
         batch_size: int = 32,
         device: str | torch.device | None = None,
-        dtype: DTypeArg = None,
+        dtype: DTypeArg = "auto",
         nodata: NodataPolicy = "raise",
         check_units: bool = True,
     ) -> Any:
@@ -327,6 +354,15 @@ class S1S2Backbone(nn.Module):
 
         return write_checkpoint(folder, self.config, self.state_dict(), model_card=model_card, overwrite=overwrite)
 
+    def compute_tower(self, modality: Modality, choice: ComputeChoice) -> nn.Module:
+        """The module that computes ``modality`` for ``choice``: the tower itself for ``plain`` and
+        ``autocast``, a cached inference copy in ``choice.dtype`` (rebuilt when the weights change)
+        for ``inference-copy``."""
+        tower = self.tower(modality)
+        if choice.mode != "inference-copy":
+            return tower
+        return self._inference_towers.get(modality, tower, self.config.architecture, choice.dtype, choice.device)
+
     # ------------------------------------------------------------------ internals
     @staticmethod
     def _concat(parts: list[Any]) -> Any:
@@ -355,26 +391,43 @@ class S1S2Backbone(nn.Module):
     ) -> dict[str, dict[str, Any]]:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        compute_dtype = resolve_dtype(dtype)
+        parse_dtype(dtype)  # reject a bad dtype before any work
         prepared = self._prepare(s1, s2, s1_bands, s2_bands, s2_offset, nodata, check_units)
         target = torch.device(device) if device is not None else next(self.parameters()).device
         if target != next(self.parameters()).device:
             self.to(target)
+        if target.type == "cuda" and target.index is None:
+            target = torch.device("cuda", torch.cuda.current_device())
+        choice = choose_compute(dtype, target)
+        self.last_compute = choice
+        towers = {m: self.compute_tower(m, choice) for m in prepared}
         n = next(iter(prepared.values())).data.shape[0]
         chunks: dict[str, dict[str, list[torch.Tensor]]] = {m: {"pooled": [], "pyramid": []} for m in prepared}
-        autocast = (
-            torch.autocast(device_type=target.type, dtype=compute_dtype)
-            if compute_dtype != torch.float32
-            else contextlib.nullcontext()
-        )
-        with self._eval_mode(), torch.inference_mode(), autocast:
+
+        @contextlib.contextmanager
+        def compute_context() -> Iterator[None]:
+            autocast = (
+                torch.autocast(device_type=target.type, dtype=choice.dtype)
+                if choice.mode == "autocast"
+                else contextlib.nullcontext()
+            )
+            with torch.inference_mode(), autocast:
+                yield
+
+        def job(modality: str, item: PreparedInput, start: int, stop: int) -> Callable[[], TowerOutput]:
+            def encode() -> TowerOutput:
+                valid = item.valid[start:stop].to(target) if item.valid is not None else None
+                return self.encode(
+                    modality, item.data[start:stop].to(target), valid=valid,  # type: ignore[arg-type]
+                    present=item.present, dense=dense, tower=towers[modality],
+                )
+            return encode
+
+        with self._eval_mode(), compute_context():
             for start in range(0, n, batch_size):
                 stop = min(start + batch_size, n)
-                for modality, item in prepared.items():
-                    valid = item.valid[start:stop].to(target) if item.valid is not None else None
-                    out = self.encode(
-                        modality, item.data[start:stop].to(target), valid=valid, present=item.present, dense=dense
-                    )
+                jobs = {m: job(m, item, start, stop) for m, item in prepared.items()}
+                for modality, out in run_towers(jobs, target, compute_context).items():
                     chunks[modality]["pooled"].append(out.pooled.float())
                     if dense:
                         chunks[modality]["pyramid"].append([m.float() for m in out.pyramid])

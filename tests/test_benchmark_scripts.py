@@ -1,0 +1,50 @@
+"""The performance benchmarks run end to end (on tiny towers: a smoke test of the scripts, not a benchmark)
+and report what the README table is built from."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def run(script: str, *args: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_embed_benchmark_reports_ratios_and_agreement(tmp_path):
+    out = tmp_path / "embed.json"
+    done = run("embed.py", "--tiny", "--sizes", "64", "--batches", "2", "--repeats", "1", "--json", str(out),
+               "--paths", "naive-fp32,embed-fp32,bf16-weights,embed-auto,channels-last-bf16")
+    report = json.loads(out.read_text())
+    rows = {(r["arch"], r["path"]): r for r in report["results"]}
+    assert set(rows) == {
+        ("swin-t", "naive-fp32"), ("swin-t", "embed-fp32"), ("swin-t", "bf16-weights"), ("swin-t", "embed-auto"),
+        ("resnet50", "naive-fp32"), ("resnet50", "embed-fp32"), ("resnet50", "bf16-weights"), ("resnet50", "embed-auto"),
+        ("resnet50", "channels-last-bf16"),  # channels-last applies to ResNet only
+    }
+    for (arch, path), row in rows.items():
+        assert row["pairs_per_s"] > 0 and row["gflop_per_pair"] > 0 and row["peak_gflops"] > 0
+        assert row["cosine_min"] >= 0.999, (arch, path, row["cosine_min"])
+        if path in ("naive-fp32", "embed-fp32"):
+            assert row["max_abs_diff"] < 1e-4  # float32 paths reproduce the baseline
+    assert rows[("swin-t", "naive-fp32")]["ratio"] == 1.0
+    assert "x base" in done.stdout and "embed-auto" in done.stdout
+    assert report["machine"]["torch_threads"] >= 1 and "bfloat16" in report["peak_gflops"]
+
+
+def test_train_throughput_benchmark_runs(tmp_path):
+    out = tmp_path / "train.json"
+    run("train_throughput.py", "--tiny", "--batches", "2", "--size", "64", "--repeats", "1", "--json", str(out))
+    report = json.loads(out.read_text())
+    variants = {r["variant"]: r for r in report["results"]}
+    assert set(variants) == {"fp32", "fp32+ckpt", "bf16", "bf16+ckpt"}
+    assert variants["fp32"]["ratio"] == 1.0
+    # activation checkpointing keeps fewer tensors for the backward pass
+    assert variants["fp32+ckpt"]["saved_activation_bytes_per_pair"] < variants["fp32"]["saved_activation_bytes_per_pair"]
+    assert all(r["steps_per_s"] > 0 for r in variants.values())
