@@ -258,7 +258,7 @@ def _add_scene_options(p: argparse.ArgumentParser) -> None:
     run.add_argument("--overlap", type=int, default=64, help="overlap between tiles in pixels, a multiple of 32, blended with smooth weights (default 64)")
     run.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass (default 8)")
     run.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK under torchrun with GPUs, else cuda if available, else cpu)")
-    run.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="compute precision (autocast)")
+    run.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"), help="compute precision: auto (default) = bfloat16 where the CPU/GPU runs it natively (agrees with float32 to cosine >= 0.999), else float32; float32 is the reference")
     run.add_argument("--compress", default="deflate", choices=("deflate", "zstd", "lzw", "none"), help="GeoTIFF compression (default deflate)")
     run.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse; with many scenes, skip complete ones)")
     run.add_argument("--resume", action="store_true", help="continue an interrupted run from its partial output (same parameters); keeps partial output when interrupted")

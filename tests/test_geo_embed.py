@@ -352,12 +352,12 @@ def test_invalid_tiling_options_are_reported_not_raised(tmp_path, swin_folder, c
     assert not (tmp_path / "e.tif").exists()
 
 
-def test_bfloat16_autocast_output_is_float32_and_close(tmp_path):
+def test_bfloat16_output_is_float32_and_close(tmp_path):
     s1, s2 = synthetic_scene(96, 96, seed=10)
     p1, p2 = write_raster(tmp_path / "s1.tif", s1), write_raster(tmp_path / "s2.tif", s2)
     model = tiny_model("resnet18", "fixed")
     inputs = SceneInputs(s1=[p1], s2=[p2], s2_offset=0)
-    embed_scene(model, inputs, tmp_path / "f32.tif", tile=96, stride=16, progress=False)
+    embed_scene(model, inputs, tmp_path / "f32.tif", tile=96, stride=16, dtype="float32", progress=False)
     embed_scene(model, inputs, tmp_path / "bf16.tif", tile=96, stride=16, dtype="bfloat16", progress=False)
     full, _ = read(tmp_path / "f32.tif")
     half, meta = read(tmp_path / "bf16.tif")

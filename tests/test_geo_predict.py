@@ -74,7 +74,7 @@ def test_cli_predict_real_pair_writes_a_georeferenced_map_probabilities_and_prev
     probabilities, pmeta = read(tmp_path / "map_probabilities.tif")
     assert pmeta["descriptions"] == tuple(NAMES) and pmeta["transform"] == transform
     # One tile covers the pair: the file holds the model's own probabilities, and the map their argmax.
-    expected = model.predict(s1, s2, s2_offset=1000)[0]
+    expected = model.predict(s1, s2, s2_offset=1000, dtype="auto")[0]  # the CLI default
     np.testing.assert_allclose(probabilities, expected, atol=1e-5)
     np.testing.assert_array_equal(classes[0], expected.argmax(axis=0))
     picture = read_png(tmp_path / "map.png")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
+from typing import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,8 @@ from .. import __version__
 from .._warnings import warn_user
 from ..bands import Modality
 from ..errors import OptionError
-from ..models.backbone import MODALITIES, S1S2Backbone, resolve_dtype
+from ..models.backbone import MODALITIES, S1S2Backbone
+from ..models.compute import ComputeChoice, choose_compute, run_towers
 from ..models.towers import PYRAMID_STRIDES
 from .grid import Grid
 from .progress import Progress
@@ -58,11 +60,16 @@ def modalities_of(modality: str) -> tuple[Modality, ...]:
     return MODALITIES if modality == "both" else (modality,)  # type: ignore[return-value]
 
 
-def autocast_context(device: torch.device, dtype: torch.dtype):
-    """Autocast to ``dtype`` on ``device``'s type, or nothing for float32."""
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+@contextlib.contextmanager
+def inference_context(device: torch.device, choice: ComputeChoice) -> Iterator[None]:
+    """Inference mode, plus autocast when ``choice`` computes that way (float16)."""
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=choice.dtype)
+        if choice.mode == "autocast"
+        else contextlib.nullcontext()
+    )
+    with torch.inference_mode(), autocast:
+        yield
 
 
 def warn_if_seams(model: torch.nn.Module, plan: TilePlan) -> None:
@@ -106,7 +113,9 @@ def embed_scene(
         stride: input pixels per output cell of the dense map: 4, 8, 16 or 32 (pyramid level).
         pooled: one pooled vector per ``tile`` x ``tile`` cell of a tile grid instead of a dense map.
         tile / overlap: tile size and overlap in pixels (multiples of 32 for dense maps).
-        batch_size / device / dtype: inference options (``dtype`` ``"bfloat16"`` uses autocast).
+        batch_size / device / dtype: inference options, as for :meth:`S1S2Backbone.embed`
+            (``dtype`` ``None``/``"auto"``: bfloat16 inference copies where the hardware runs bf16
+            natively, else float32; ``"float32"`` is the reference path).
         fmt: ``"tif"`` (GeoTIFF, one band per feature) or ``"npy"`` (``(H, W, C)`` array + JSON).
         compress: GeoTIFF compression.
         overwrite / resume: replace an existing output / continue an interrupted run.
@@ -138,7 +147,14 @@ def embed_scene(
 
     target = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(target).eval()
-    compute_dtype = resolve_dtype(dtype)
+    # The same compute path as S1S2Backbone.embed: "auto" picks bfloat16 inference copies of the
+    # towers where the hardware runs bf16 natively, and the two towers run concurrently on CPU.
+    choice = choose_compute(dtype, target)
+    model.last_compute = choice
+    towers = {m: model.compute_tower(m, choice) for m in modalities}
+
+    def compute_context():
+        return inference_context(target, choice)
     level = PYRAMID_STRIDES.index(stride) if not pooled else None
     widths = [model.embed_dims[m] if pooled else model.pyramid_channels[m][level] for m in modalities]
     groups, start = [], 0
@@ -187,19 +203,22 @@ def embed_scene(
     def infer(batch: Batch) -> np.ndarray:
         keep = ~batch.empty
         everything = bool(keep.all())  # the usual case: no copy
-        parts = []
-        with torch.inference_mode(), autocast_context(target, compute_dtype):
-            for m in modalities:
+
+        def job(m: str):
+            def encode():
                 data_np = batch.data[m] if everything else batch.data[m][keep]
                 valid_np = batch.valid[m] if everything else batch.valid[m][keep]
                 x = torch.from_numpy(data_np).to(target, non_blocking=True)
                 valid = None if valid_np.all() else torch.from_numpy(valid_np[:, None]).to(target)
-                out = model.encode(m, x, valid=valid, present=scene.sources[m].present, dense=not pooled)
-                if pooled:
-                    parts.append(out.pooled.float()[:, :, None, None])
-                else:
-                    parts.append(out.pyramid[level].float())
-        return torch.cat(parts, dim=1).cpu().numpy()
+                out = model.encode(
+                    m, x, valid=valid, present=scene.sources[m].present, dense=not pooled, tower=towers[m]
+                )
+                return out.pooled.float()[:, :, None, None] if pooled else out.pyramid[level].float()
+            return encode
+
+        with compute_context():
+            results = run_towers({m: job(m) for m in modalities}, target, compute_context)
+        return torch.cat([results[m] for m in modalities], dim=1).cpu().numpy()
 
     try:
         outputs.open(start_row)

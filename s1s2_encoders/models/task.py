@@ -46,6 +46,7 @@ from .backbone import (
     prepare_pair,
     resolve_dtype,
 )
+from .compute import choose_compute
 from .heads import FusionSegmentationHead, LinearClassifier, SwinUNetDecoder, UNetDecoder, swin_skip_features
 from .towers import TOTAL_STRIDE, create_tower, feature_pyramid, is_swin, last_feature_map, pyramid_channels
 
@@ -429,7 +430,8 @@ class S1S2TaskModel(nn.Module):
             s1_bands / s2_bands / s2_offset / check_units: as for :meth:`S1S2Backbone.embed`.
             batch_size: samples per forward pass.
             device: where to compute (default: where the model is).
-            dtype: ``"float32"`` (default) or ``"bfloat16"`` (autocast; outputs are float32).
+            dtype: ``"float32"`` (default), ``"bfloat16"`` (autocast; outputs are float32) or
+                ``"auto"`` (bfloat16 where the device runs it natively, else float32).
             nodata: ``"raise"`` on NaN/inf input, or ``"mask"``: invalid pixels are zero after
                 normalisation; a segmenter gives NaN probabilities at every pixel where a modality
                 it reads has no valid data, a classifier pools each modality over its valid pixels
@@ -443,7 +445,6 @@ class S1S2TaskModel(nn.Module):
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        compute_dtype = resolve_dtype(dtype)
         given = {"s1": s1, "s2": s2}
         for modality in MODALITIES:
             if modality in self.modalities and given[modality] is None:
@@ -460,6 +461,10 @@ class S1S2TaskModel(nn.Module):
         target = torch.device(device) if device is not None else parameter.device
         if target != parameter.device:
             self.to(target)
+        # "auto": the device's choice (bfloat16 where it runs natively), applied with autocast here:
+        # the decoders read the towers' intermediate maps, which the backbone's inference copies skip.
+        auto = isinstance(dtype, str) and dtype.lower() == "auto"
+        compute_dtype = choose_compute(dtype, target).dtype if auto else resolve_dtype(dtype)
         n = next(iter(prepared.values())).data.shape[0]
         autocast = (
             torch.autocast(device_type=target.type, dtype=compute_dtype)
