@@ -6,16 +6,23 @@ Everything runs on CPU with the real code paths, on **synthetic** co-located S1/
 learned, not how the published models do on DFC2020:
 
 1. pretraining: the encoder of the pretraining benchmark (``benchmarks/pretrain_learning.py``:
-   a small two-tower ResNet-18, Dual-SimCLR on synthetic scenes, :func:`training.pretrain.run_pretraining`),
-   saved as a backbone folder (skipped with ``--backbone FOLDER``);
+   a small two-tower ResNet-18 on synthetic scenes, :func:`training.pretrain.run_pretraining`),
+   by default with the dense MMA objective at strides 8 and 16 (``--objective``), saved as a
+   backbone folder (skipped with ``--backbone FOLDER``); the same encoder serves both tasks;
 2. fine-tuning grid (:func:`training.evaluate.run_grid`, i.e. :func:`training.finetune.run_finetune`
    per cell): variants *from scratch* (same towers, random init), *SSL frozen* and *SSL fine-tuned*,
    label fractions 10 % and 100 %, several seeds, for single-label classification and for
    segmentation; training scenes and evaluation scenes are different synthetic scenes
-   (``train_test`` protocol), evaluation on full scenes.
+   (``train_test`` protocol), evaluation on full scenes. Every run has the same recipe (steps,
+   batch, learning rate, warmup + cosine); the arms differ only in the towers' initialisation
+   (and frozen towers do not train). ``--backbone-lr`` gives pretrained towers their own rate.
 
-    python benchmarks/finetune_label_efficiency.py                   # ~10-15 min on 2 CPU cores
+``--phenology``, ``--moisture`` and ``--mixing-px`` switch on the generator's per-scene
+variability (``training.data.synthetic``) for the pretraining and the fine-tuning scenes alike.
+
+    python benchmarks/finetune_label_efficiency.py --threads 1       # ~30 min on 2 shared CPU cores
     python benchmarks/finetune_label_efficiency.py --json out.json --seeds 0,1,2
+    python benchmarks/finetune_label_efficiency.py --phenology 0.35 --moisture 1 --mixing-px 0.7
 
 Prints the label-efficiency table and one JSON object (also written with ``--json``).
 """
@@ -48,18 +55,25 @@ METRICS = {
 }
 
 
-def pretrain_backbone(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    """Pretrain with the pretraining benchmark's recipe and save the backbone folder."""
+def pretraining_recipe(args: argparse.Namespace) -> dict[str, Any]:
+    """The pretraining benchmark's recipe with this benchmark's objective, steps and scenes."""
     import pretrain_learning  # benchmarks/pretrain_learning.py
 
+    pretrain_args = pretrain_learning.build_parser().parse_args(
+        ["--arch", args.arch, "--steps", str(args.pretrain_steps), "--threads", str(args.threads), "--workers", "0",
+         "--objective", args.objective, "--mma-strides", args.mma_strides, "--phenology", str(args.phenology),
+         "--moisture", str(args.moisture), "--mixing-px", str(args.mixing_px)]
+    )
+    return pretrain_learning.recipe(pretrain_args)
+
+
+def pretrain_backbone(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    """Pretrain with the pretraining benchmark's recipe and save the backbone folder."""
     from training.checkpoints import load_training_checkpoint, seed_everything
     from training.config import from_dict
     from training.pretrain import PretrainConfig, build_model, run_pretraining
 
-    pretrain_args = pretrain_learning.build_parser().parse_args(
-        ["--arch", args.arch, "--steps", str(args.pretrain_steps), "--threads", str(args.threads), "--workers", "0"]
-    )
-    config = from_dict(PretrainConfig, pretrain_learning.recipe(pretrain_args), where="pretraining benchmark recipe")
+    config = from_dict(PretrainConfig, pretraining_recipe(args), where="pretraining benchmark recipe")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as run_dir:
         result = run_pretraining(config, output_dir=run_dir)
@@ -70,6 +84,7 @@ def pretrain_backbone(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     backbone.config = config.model_config()
     backbone.save_pretrained(folder, overwrite=True)
     return {"steps": result.step, "seconds": round(time.perf_counter() - started, 1), "final_loss": result.metrics.get("loss"),
+            "objective": config.objective.kind, "mma_strides": list(config.objective.mma_strides),
             "architecture": args.arch, "tower_kwargs": config.model.tower_kwargs,
             "parameters": sum(p.numel() for p in backbone.parameters())}
 
@@ -79,7 +94,9 @@ def finetune_recipe(args: argparse.Namespace, task: str) -> dict[str, Any]:
     model: dict[str, Any] = {"task": task, "init": "pretrained", "backbone": None, "backbone_lr": args.backbone_lr}
     if task == "segmentation":
         model["decoder"] = {"channels": [32, 16, 16]}
-    scenes = {"size": args.scene_size, "n_classes": 8}
+    import pretrain_learning  # benchmarks/pretrain_learning.py
+
+    scenes = {"size": args.scene_size, "n_classes": 8, **pretrain_learning.scene_variability(args)}
     return {
         "recipe": {"name": f"label-efficiency-{task}", "description": "synthetic label-efficiency benchmark"},
         "model": model,
@@ -100,7 +117,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="label-efficiency-"))
-    backbone = Path(args.backbone) if args.backbone else work / "backbone"
+    backbone = Path(args.backbone) if args.backbone else work / f"backbone-{args.objective}"
     pretraining = None if args.backbone else pretrain_backbone(args, backbone)
     report: dict[str, Any] = {"data": "synthetic co-located S1/S2 scenes (training.data.synthetic), not DFC2020",
                               "pretraining": pretraining, "backbone": str(backbone), "seeds": seeds, "tasks": {}}
@@ -114,8 +131,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rows.append({"row": label, "variant": variant, "label_fraction": fraction, "n_labelled": row["n_labelled"],
                          **{key: row["metrics"][key] for key, _ in METRICS[task]}})
         report["tasks"][task] = {"rows": rows, "grid": str(work / task), "seconds": round(time.perf_counter() - started, 1)}
-    report["setup"] = {k: getattr(args, k) for k in ("finetune_steps", "batch_size", "lr", "backbone_lr", "crop", "scene_size",
-                                                     "train_scenes", "eval_scenes", "threads")}
+    report["setup"] = {k: getattr(args, k) for k in ("objective", "mma_strides", "pretrain_steps", "finetune_steps", "batch_size", "lr",
+                                                     "backbone_lr", "crop", "scene_size", "train_scenes", "eval_scenes",
+                                                     "phenology", "moisture", "mixing_px", "threads")}
     report["claims"] = claims(report)
     return report
 
@@ -156,14 +174,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", choices=["resnet18", "swin-t"], default="resnet18")
     p.add_argument("--backbone", help="use this pretrained backbone folder instead of pretraining one")
     p.add_argument("--pretrain-steps", type=int, default=300)
-    p.add_argument("--finetune-steps", type=int, default=120)
+    p.add_argument("--objective", choices=["dual_simclr", "mma", "dual_simclr_mma"], default="mma",
+                   help="pretraining objective (benchmarks/pretrain_learning.py --objective)")
+    p.add_argument("--mma-strides", default="8,16", help="strides of the dense loss (mma, dual_simclr_mma)")
+    p.add_argument("--finetune-steps", type=int, default=400,
+                   help="steps of every fine-tuning run (120 left segmentation models at ~76 %% training accuracy)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3, help="head / from-scratch learning rate")
-    p.add_argument("--backbone-lr", type=float, default=5e-4, help="pretrained towers' learning rate when fine-tuned")
+    p.add_argument("--backbone-lr", type=float, default=None,
+                   help="pretrained towers' learning rate when fine-tuned (default: --lr, the recipe of the from-scratch runs)")
     p.add_argument("--crop", type=int, default=32)
     p.add_argument("--scene-size", type=int, default=64, help="synthetic scene side; a multiple of 32, so evaluation on full scenes needs no padding")
     p.add_argument("--train-scenes", type=int, default=400)
     p.add_argument("--eval-scenes", type=int, default=200)
+    import pretrain_learning  # benchmarks/pretrain_learning.py
+
+    pretrain_learning.add_scene_variability_arguments(p)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--tasks", default="classification,segmentation")
     p.add_argument("--threads", type=int, default=2)

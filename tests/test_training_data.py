@@ -219,6 +219,58 @@ def test_synthetic_scene_is_deterministic_structured_and_modalities_share_the_ma
     assert synthetic_scene(1, n_classes=12).labels.max() < 12
 
 
+def test_synthetic_moisture_darkens_soil_in_s2_and_brightens_it_in_s1_and_leaves_water_alone():
+    for seed in range(12):
+        dry, wet = synthetic_scene(seed, size=48), synthetic_scene(seed, size=48, moisture=1.0)
+        assert np.array_equal(dry.labels, wet.labels)  # the scene state has its own random stream
+        water, barren = dry.labels == 7, dry.labels == 6
+        assert np.array_equal(wet.s2_dn[:, water], dry.s2_dn[:, water]) and np.array_equal(wet.s1_db[:, water], dry.s1_db[:, water])
+        if barren.any():  # same noise and speckle, so the comparison holds pixel by pixel
+            assert (wet.s2_dn[11][barren] <= dry.s2_dn[11][barren]).all() and (wet.s1_db[0][barren] >= dry.s1_db[0][barren]).all()
+    darkening = [1 - synthetic_scene(s, size=48, moisture=1.0).s2_dn[11].mean() / synthetic_scene(s, size=48).s2_dn[11].mean() for s in range(12)]
+    assert max(darkening) > 0.05 and min(darkening) >= 0  # drawn per scene: some scenes are wet, some dry
+
+
+def test_synthetic_phenology_moves_vegetation_greenness_per_scene_and_not_bare_classes():
+    def ndvi(scene, cls):
+        nir, red = scene.s2_dn[7][scene.labels == cls], scene.s2_dn[3][scene.labels == cls]
+        return float(((nir - red) / (nir + red)).mean())
+
+    seeds = [s for s in range(60) if (synthetic_scene(s, size=32).labels == 0).any()][:12]
+    plain = [ndvi(synthetic_scene(s, size=32), 0) for s in seeds]
+    seasonal = [ndvi(synthetic_scene(s, size=32, phenology=0.35), 0) for s in seeds]
+    assert len(seeds) >= 8 and np.std(seasonal) > 2 * np.std(plain)  # forest: leaf-on and leaf-off scenes
+    assert min(seasonal) < min(plain) - 0.1  # browner than the prototype ever is
+    for s in seeds:
+        a, b = synthetic_scene(s, size=32), synthetic_scene(s, size=32, phenology=0.35)
+        bare = (a.labels == 6) | (a.labels == 7)  # barren and water have no green vegetation
+        assert np.array_equal(a.s2_dn[:, bare], b.s2_dn[:, bare])
+
+
+def test_synthetic_boundary_mixing_changes_edge_pixels_only_and_keeps_the_labels():
+    for seed in range(8):
+        hard, mixed = synthetic_scene(seed, size=48), synthetic_scene(seed, size=48, mixing_px=0.7)
+        assert np.array_equal(hard.labels, mixed.labels)
+        padded = np.pad(hard.labels, 3, mode="reflect")
+        windows = np.lib.stride_tricks.sliding_window_view(padded, (7, 7))
+        interior = (windows == hard.labels[..., None, None]).all(axis=(-1, -2))  # no other class within 3 px
+        np.testing.assert_allclose(mixed.s2_dn[:, interior], hard.s2_dn[:, interior], rtol=1e-5)
+        np.testing.assert_allclose(mixed.s1_db[:, interior], hard.s1_db[:, interior], rtol=1e-4, atol=1e-4)
+        if (~interior).any():
+            edge = (hard.labels[:, 1:] != hard.labels[:, :-1])
+            moved = np.abs(mixed.s2_dn[7][:, 1:] - hard.s2_dn[7][:, 1:])[edge]
+            assert moved.max() > 100  # a pixel on a class edge carries some of the other class's NIR
+    with pytest.raises(DatasetError, match="mixing_px must be >= 0, got -1"):
+        SyntheticOptions(mixing_px=-1)
+
+
+def test_synthetic_dataset_passes_the_variability_options_to_the_scenes():
+    options = SyntheticOptions(n_samples=2, size=32, seed=4, phenology=0.3, moisture=0.8, mixing_px=0.5, crop="none")
+    sample = SyntheticPairsDataset(options)[SampleKey(1, 0)]
+    scene = synthetic_scene(4 * 1_000_003 + 1, 8, 32, phenology=0.3, moisture=0.8, mixing_px=0.5)
+    assert torch.equal(sample["s2"], torch.from_numpy(scene.s2_dn)) and torch.equal(sample["label_map"], torch.from_numpy(scene.labels))
+
+
 def test_synthetic_dataset_labels_and_nan_injection():
     ds = SyntheticPairsDataset(SyntheticOptions(n_samples=20, size=48, crop_size=32, nan_fraction=0.5, seed=3))
     samples = [ds[SampleKey(i, i)] for i in range(20)]

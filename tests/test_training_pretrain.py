@@ -1,5 +1,5 @@
 """Pretraining end to end: recipes, the CLI, torchrun with 2 processes vs 1, a killed run resumed,
-SimCLR and MMA objectives, and export to a folder that load_backbone loads and embeds a real pair with."""
+SimCLR, MMA and Dual-SimCLR + MMA objectives, and export to a folder that load_backbone loads and embeds a real pair with."""
 
 from __future__ import annotations
 
@@ -80,6 +80,10 @@ def test_recipe_errors_name_the_key(tmp_path):
         pretrain.load_pretrain_config(bad)
     with pytest.raises(ConfigError, match="mma needs complete dense maps"):
         pretrain.load_pretrain_config(CONFIGS / "mma_resnet18.yaml", ["data.nan_policy=mask"])
+    with pytest.raises(ConfigError, match="dual_simclr_mma needs complete dense maps"):
+        pretrain.load_pretrain_config(CONFIGS / "mma_resnet18.yaml", ["data.nan_policy=mask", "objective.kind=dual_simclr_mma"])
+    with pytest.raises(ConfigError, match="objective.mma_weight must be > 0, got 0"):
+        pretrain.load_pretrain_config(TINY, ["objective.kind=dual_simclr_mma", "objective.mma_weight=0"])
     with pytest.raises(ConfigError, match="model.normalization 'per_sample' unknown"):
         pretrain.load_pretrain_config(TINY, ["model.normalization=per_sample"])
 
@@ -197,15 +201,17 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_run(tmp_path
 
 
 # ----------------------------------------------------------------------------- other objectives
-@pytest.mark.parametrize("objective", ["simclr", "mma"])
+@pytest.mark.parametrize("objective", ["simclr", "mma", "dual_simclr_mma"])
 def test_simclr_and_mma_objectives_train(tmp_path, objective):
     overrides = ["data.crop_size=32", "train.batch_size=8", "train.max_steps=2", "train.precision=fp32", "train.log_every=1",
                  "train.progress_bar=false", "train.device=cpu", "data.datasets=[{kind: synthetic, n_samples: 16, size: 40}]",
                  f"objective.kind={objective}"]
     if objective == "simclr":
         overrides += ["objective.simclr_modalities=[s2]", "data.augment={crop_scale: [0.5, 1.0]}"]
-    else:
+    elif objective == "mma":
         overrides += ["objective.projection.kind=none", "objective.mma_strides=[8, 32]"]
+    else:  # the pooled embeddings keep the recipe's projection head; the dense maps are never projected
+        overrides += ["objective.mma_strides=[8, 16]"]
     config = pretrain.load_pretrain_config(TINY, overrides)
     result = pretrain.run_pretraining(config, output_dir=tmp_path)
     assert result.finished and np.isfinite(result.metrics["loss"])
@@ -215,8 +221,35 @@ def test_simclr_and_mma_objectives_train(tmp_path, objective):
     changed = {k.split(".")[1] for k in initial if k.startswith("backbone.") and not torch.equal(initial[k], trained[k])}
     if objective == "simclr":
         assert "top1_s2" in result.metrics and changed == {"s2"}  # the S1 tower is frozen
-    else:
+    elif objective == "mma":
         assert "top1_s1_to_s2@8" in result.metrics and changed == {"s1", "s2"}
+    else:
+        assert {"top1", "top1_s1_to_s2@8", "top1_s1_to_s2@16", "loss_dual_simclr", "loss_mma"} <= set(result.metrics)
+        assert result.metrics["loss"] == pytest.approx(result.metrics["loss_dual_simclr"] + result.metrics["loss_mma"], rel=1e-5)
+        assert changed == {"s1", "s2"} and any(k.startswith("heads.") for k in trained)
+
+
+def test_dual_simclr_mma_loss_is_the_weighted_sum_of_its_terms():
+    from training.contrastive import ContrastivePretrainModel, ObjectiveConfig, ProjectionConfig, contrastive_step
+    from training.losses import mma_loss, nt_xent_dual
+
+    config = pretrain.load_pretrain_config(TINY, ["data.crop_size=32"])
+    torch.manual_seed(0)
+    backbone = pretrain.build_model(config).backbone.eval()  # eval: the same forward in every call
+    objective = ObjectiveConfig(kind="dual_simclr_mma", temperature=0.3, mma_strides=(8, 16), mma_weight=0.25,
+                                projection=ProjectionConfig(kind="mlp", out_dim=8))
+    model = ContrastivePretrainModel(backbone, objective).eval()
+    g = torch.Generator().manual_seed(1)
+    batch = {"s1": torch.randn(6, 2, 32, 32, generator=g) * 3 - 12, "s2": torch.rand(6, 13, 32, 32, generator=g) * 3000 + 100}
+    out = contrastive_step(objective)(model, batch)
+    with torch.no_grad():
+        z = {m: model.heads[m](backbone.encode(m, batch[m]).pooled) for m in ("s1", "s2")}
+        dense = {m: backbone.encode(m, batch[m], dense=True).pyramid for m in ("s1", "s2")}
+        image_level = nt_xent_dual(z["s1"], z["s2"], 0.3)
+        dense_term = (mma_loss(dense["s1"][1], dense["s2"][1], 0.3) + mma_loss(dense["s1"][2], dense["s2"][2], 0.3)) / 2
+    assert float(out.loss.detach()) == pytest.approx(float(image_level + 0.25 * dense_term), rel=1e-5)
+    assert float(out.metrics["loss_mma"]) == pytest.approx(float(dense_term), rel=1e-5)
+    assert float(out.metrics["loss_dual_simclr"]) == pytest.approx(float(image_level), rel=1e-5)
 
 
 def test_bf16_autocast_on_cpu_trains(tmp_path):

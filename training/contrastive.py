@@ -14,6 +14,11 @@ objective needs, so DistributedDataParallel sees the whole computation:
     dense maps of both towers at the chosen pyramid strides (the backbone's feature pyramid, i.e.
     the stage outputs of the timm tower, NCHW; the original MMA used VGG encoders with a 1/8 map),
     symmetric InfoNCE on mean per-pixel cosine similarity, averaged over the strides.
+``dual_simclr_mma``
+    both: the Dual-SimCLR loss on the pooled embeddings (-> optional heads) plus ``mma_weight``
+    times the MMA loss on the dense maps, from one forward pass per tower (the pooled embedding is
+    the pooled stride-32 map of the same pyramid). The image-level term shapes what classification
+    reads (the pooled embedding), the dense term what a segmentation decoder reads (the pyramid).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from s1s2_encoders.models.towers import PYRAMID_STRIDES
 from .losses import mma_logits, nt_xent_logits, top1_accuracy
 from .trainer import StepOutput
 
-Objective = Literal["dual_simclr", "simclr", "mma"]
+Objective = Literal["dual_simclr", "simclr", "mma", "dual_simclr_mma"]
 MODALITIES = ("s1", "s2")
 
 
@@ -60,11 +65,13 @@ class ObjectiveConfig:
     """The ``objective`` section.
 
     Attributes:
-        kind: ``dual_simclr``, ``simclr`` or ``mma``.
-        temperature: softmax temperature (0.2 published Swin, 0.07 published ResNet, 0.1 MMA code).
-        projection: projection head.
+        kind: ``dual_simclr``, ``simclr``, ``mma`` or ``dual_simclr_mma`` (both losses added).
+        temperature: softmax temperature (0.2 published Swin, 0.07 published ResNet, 0.1 MMA code),
+            of every loss term.
+        projection: projection head (of the pooled embeddings; the dense maps are never projected).
         simclr_modalities: towers trained by ``simclr`` (each on its own two views).
-        mma_strides: pyramid levels (4, 8, 16, 32) aligned by ``mma``.
+        mma_strides: pyramid levels (4, 8, 16, 32) aligned by ``mma`` and ``dual_simclr_mma``.
+        mma_weight: weight of the dense term in ``dual_simclr_mma`` (the image-level term has 1).
         gather: use the global batch (all processes) as negatives.
     """
 
@@ -73,6 +80,7 @@ class ObjectiveConfig:
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
     simclr_modalities: tuple[str, ...] = ("s1", "s2")
     mma_strides: tuple[int, ...] = (32,)
+    mma_weight: float = 1.0
     gather: bool = True
 
     def __post_init__(self) -> None:
@@ -84,6 +92,8 @@ class ObjectiveConfig:
         bad_strides = [s for s in self.mma_strides if s not in PYRAMID_STRIDES]
         if bad_strides or not self.mma_strides:
             raise ConfigError(f"objective.mma_strides must be among {list(PYRAMID_STRIDES)}, got {list(self.mma_strides)}")
+        if not self.mma_weight > 0:
+            raise ConfigError(f"objective.mma_weight must be > 0, got {self.mma_weight}")
         if self.kind == "mma" and self.projection.kind != "none":
             raise ConfigError("objective: mma aligns the backbone's dense maps directly; use projection.kind: none")
 
@@ -140,10 +150,14 @@ class ContrastivePretrainModel(nn.Module):
                 z = self._project(m, self.backbone.encode(m, x, valid=v).pooled)  # type: ignore[arg-type]
                 out[m], out[f"{m}_view2"] = z.chunk(2)
             return out
-        dense = {m: self.backbone.encode(m, batch[m], dense=True).pyramid for m in MODALITIES}  # type: ignore[arg-type]
-        return {
-            f"{m}@{s}": dense[m][PYRAMID_STRIDES.index(s)] for m in MODALITIES for s in self.objective.mma_strides  # type: ignore[index]
+        encoded = {m: self.backbone.encode(m, batch[m], dense=True) for m in MODALITIES}  # type: ignore[arg-type]
+        out = {
+            f"{m}@{s}": encoded[m].pyramid[PYRAMID_STRIDES.index(s)]  # type: ignore[index]
+            for m in MODALITIES for s in self.objective.mma_strides
         }
+        if kind == "dual_simclr_mma":
+            out.update({m: self._project(m, encoded[m].pooled) for m in MODALITIES})
+        return out
 
 
 def contrastive_step(objective: ObjectiveConfig):
@@ -174,6 +188,12 @@ def contrastive_step(objective: ObjectiveConfig):
                 losses.append(level)
                 metrics[f"top1_s1_to_s2@{s}"] = top1_accuracy(rows.logits, rows.targets)
             loss = torch.stack(losses).mean()
+            if objective.kind == "dual_simclr_mma":
+                logits = nt_xent_logits(out["s1"], out["s2"], t, gather)
+                image_level = nn.functional.cross_entropy(logits.logits, logits.targets)
+                metrics["top1"] = top1_accuracy(logits.logits, logits.targets)
+                metrics["loss_dual_simclr"], metrics["loss_mma"] = image_level.detach(), loss.detach()
+                loss = image_level + objective.mma_weight * loss
         counts: dict[str, torch.Tensor] = {}
         if "n_nan_replaced" in batch:  # samples redrawn because of NaN/inf (nan_policy: skip)
             counts["nan_replaced"] = batch["n_nan_replaced"].sum()

@@ -108,8 +108,8 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         uses_mask = self.data.nan_policy == "mask" or any(d.get("nan_policy") == "mask" for d in self.data.datasets)
-        if self.objective.kind == "mma" and uses_mask:
-            raise ConfigError("mma needs complete dense maps: use data.nan_policy: skip")
+        if self.objective.kind in ("mma", "dual_simclr_mma") and uses_mask:
+            raise ConfigError(f"{self.objective.kind} needs complete dense maps: use data.nan_policy: skip")
         self.model.build_normalization()
 
     @property
