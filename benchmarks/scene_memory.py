@@ -88,18 +88,24 @@ def run_measured(cmd: list[str], env: dict) -> tuple[float, int, str, str]:
 PURE_FORWARD = r"""
 import json, sys, time, torch
 from s1s2_encoders import load_backbone
-model = load_backbone(sys.argv[1])
+from s1s2_encoders.models.compute import choose_compute, inference_context, run_towers
+model = load_backbone(sys.argv[1]).eval()
 tile, batch, batches = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 level = (4, 8, 16, 32).index(int(sys.argv[5]))
+# The compute path s1s2 embed takes by default (dtype "auto": bf16 inference copies where the CPU runs
+# bf16 natively, both towers concurrently), so the ratio measures only what streaming adds.
+choice = choose_compute(sys.argv[6], torch.device("cpu"))
+towers = {m: model.compute_tower(m, choice) for m in ("s1", "s2")}
 g = torch.Generator().manual_seed(0)
-s1 = -25 + 20 * torch.rand(batch, 2, tile, tile, generator=g)
-s2 = 3000 * torch.rand(batch, 13, tile, tile, generator=g)
+data = {"s1": -25 + 20 * torch.rand(batch, 2, tile, tile, generator=g), "s2": 3000 * torch.rand(batch, 13, tile, tile, generator=g)}
+context = lambda: inference_context(choice)
 start = time.perf_counter()
-with torch.inference_mode():
+with context():
     for _ in range(batches):
-        maps = [model.encode(m, x, dense=True).pyramid[level] for m, x in (("s1", s1), ("s2", s2))]
-        torch.cat(maps, dim=1).cpu().numpy()
-print(json.dumps({"seconds": time.perf_counter() - start, "tiles": batch * batches}))
+        jobs = {m: (lambda m=m: model.encode(m, data[m], dense=True, tower=towers[m]).pyramid[level].float()) for m in data}
+        maps = run_towers(jobs, torch.device("cpu"), context)
+        torch.cat([maps["s1"], maps["s2"]], dim=1).cpu().numpy()
+print(json.dumps({"seconds": time.perf_counter() - start, "tiles": batch * batches, "compute": str(choice)}))
 """
 
 
@@ -112,6 +118,8 @@ def main() -> None:
     parser.add_argument("--overlap", type=int, default=64)
     parser.add_argument("--stride", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                        help="compute precision of both the end-to-end run and the pure forward pass (default auto)")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "s1s2-scene-benchmark")
     parser.add_argument("--forward-sizes", type=int, nargs="*", default=None,
                         help="scene sizes on which to also time the pure forward pass (default: the smallest)")
@@ -143,13 +151,13 @@ def main() -> None:
         out.unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "s1s2_encoders", "embed", "--model", str(model_dir), "--s1", str(s1), "--s2", str(s2),
                "-o", str(out), "--tile", str(args.tile), "--overlap", str(args.overlap), "--stride", str(args.stride),
-               "--batch-size", str(args.batch_size), "--s2-offset", "0", "--quiet"]
+               "--batch-size", str(args.batch_size), "--s2-offset", "0", "--dtype", args.dtype, "--quiet"]
         forward_sizes = args.forward_sizes if args.forward_sizes is not None else [min(args.sizes)]
         timed = size in forward_sizes
         plan = TilePlan.dense(size, size, args.tile, args.overlap, args.stride)
         batches = -(-plan.n_tiles // args.batch_size)
         forward_cmd = [sys.executable, "-c", PURE_FORWARD, str(model_dir), str(args.tile), str(args.batch_size),
-                       str(batches), str(args.stride)]
+                       str(batches), str(args.stride), args.dtype]
         runs, forward_runs = [], []
         for _ in range(args.repeats if timed else 1):
             out.unlink(missing_ok=True)
@@ -162,6 +170,7 @@ def main() -> None:
                 _, fwd_rss, fwd_out, _ = run_measured(forward_cmd, env)
                 result = json.loads(fwd_out.strip().splitlines()[-1])
                 forward_runs.append((result["seconds"], fwd_rss))
+                compute = result["compute"]
         seconds = min(r[0] for r in runs)
         row = {"size": size, "tiles": plan.n_tiles, "embed_s": seconds, "embed_s_all": [r[0] for r in runs],
                "peak_rss_mib": max(r[1] for r in runs), "tiles_per_s": plan.n_tiles / seconds,
@@ -172,6 +181,7 @@ def main() -> None:
                        forward_tiles_per_s=batches * args.batch_size / best,
                        forward_rss_mib=max(f[1] for f in forward_runs))
             row["throughput_ratio"] = row["tiles_per_s"] / row["forward_tiles_per_s"]
+            row["compute"] = compute
         rows.append(row)
         out.unlink(missing_ok=True)
         print(json.dumps(row))

@@ -48,3 +48,15 @@ def test_train_throughput_benchmark_runs(tmp_path):
     # activation checkpointing keeps fewer tensors for the backward pass
     assert variants["fp32+ckpt"]["saved_activation_bytes_per_pair"] < variants["fp32"]["saved_activation_bytes_per_pair"]
     assert all(r["steps_per_s"] > 0 for r in variants.values())
+
+
+def test_scene_memory_benchmark_reports_memory_and_the_throughput_ratio(tmp_path):
+    done = run("scene_memory.py", "--sizes", "256", "--tile", "128", "--overlap", "32", "--repeats", "1",
+               "--workdir", str(tmp_path))
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(rows) == 1 and rows[0]["size"] == 256 and rows[0]["tiles"] == 9  # 3 x 3 tiles of 128 (96 + overlap)
+    row = rows[0]
+    assert row["peak_rss_mib"] > 0 and row["tiles_per_s"] > 0 and row["forward_tiles_per_s"] > 0
+    assert row["throughput_ratio"] == row["tiles_per_s"] / row["forward_tiles_per_s"]
+    assert row["compute"].startswith(("bfloat16", "float32"))  # the pure forward pass takes embed's default path
+    assert row["output_mib"] >= 0 and "e2e/fwd" in done.stdout and not (tmp_path / "emb_256.tif").exists()  # removed after measuring

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +14,7 @@ from .._warnings import warn_user
 from ..bands import Modality
 from ..errors import OptionError
 from ..models.backbone import MODALITIES, S1S2Backbone
-from ..models.compute import ComputeChoice, choose_compute, run_towers
+from ..models.compute import choose_compute, inference_context, run_towers
 from ..models.towers import PYRAMID_STRIDES
 from .grid import Grid
 from .progress import Progress
@@ -58,18 +56,6 @@ def modalities_of(modality: str) -> tuple[Modality, ...]:
     if modality not in MODALITY_CHOICES:
         raise OptionError(f"modality must be one of {', '.join(MODALITY_CHOICES)}, got {modality!r}")
     return MODALITIES if modality == "both" else (modality,)  # type: ignore[return-value]
-
-
-@contextlib.contextmanager
-def inference_context(device: torch.device, choice: ComputeChoice) -> Iterator[None]:
-    """Inference mode, plus autocast when ``choice`` computes that way (float16)."""
-    autocast = (
-        torch.autocast(device_type=device.type, dtype=choice.dtype)
-        if choice.mode == "autocast"
-        else contextlib.nullcontext()
-    )
-    with torch.inference_mode(), autocast:
-        yield
 
 
 def warn_if_seams(model: torch.nn.Module, plan: TilePlan) -> None:
@@ -154,7 +140,7 @@ def embed_scene(
     towers = {m: model.compute_tower(m, choice) for m in modalities}
 
     def compute_context():
-        return inference_context(target, choice)
+        return inference_context(choice)
     level = PYRAMID_STRIDES.index(stride) if not pooled else None
     widths = [model.embed_dims[m] if pooled else model.pyramid_channels[m][level] for m in modalities]
     groups, start = [], 0

@@ -6,7 +6,7 @@ import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Sequence
+from typing import Any, Callable, ContextManager, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from .compute import (
     ComputeChoice,
     InferenceTowers,
     choose_compute,
+    inference_context,
     input_memory_format,
     parse_dtype,
     run_towers,
@@ -404,15 +405,8 @@ class S1S2Backbone(nn.Module):
         n = next(iter(prepared.values())).data.shape[0]
         chunks: dict[str, dict[str, list[torch.Tensor]]] = {m: {"pooled": [], "pyramid": []} for m in prepared}
 
-        @contextlib.contextmanager
-        def compute_context() -> Iterator[None]:
-            autocast = (
-                torch.autocast(device_type=target.type, dtype=choice.dtype)
-                if choice.mode == "autocast"
-                else contextlib.nullcontext()
-            )
-            with torch.inference_mode(), autocast:
-                yield
+        def compute_context() -> ContextManager[None]:
+            return inference_context(choice)
 
         def job(modality: str, item: PreparedInput, start: int, stop: int) -> Callable[[], TowerOutput]:
             def encode() -> TowerOutput:

@@ -35,6 +35,7 @@ reports the agreement of every path).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -42,7 +43,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterable, TypeVar
+from typing import Any, Callable, ContextManager, Iterable, Iterator, TypeVar
 
 import torch
 from torch import nn
@@ -271,6 +272,21 @@ def parallel_towers_enabled(device: torch.device, n_jobs: int) -> bool:
         device.type == "cpu" and n_jobs == 2 and torch.get_num_threads() >= 2
         and os.environ.get(PARALLEL_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
     )
+
+
+@contextlib.contextmanager
+def inference_context(choice: ComputeChoice) -> Iterator[None]:
+    """Inference mode, plus autocast to ``choice.dtype`` when ``choice`` computes that way.
+
+    A factory of this context is what :func:`run_towers` enters in its helper thread (grad and
+    autocast state are thread-local)."""
+    autocast = (
+        torch.autocast(device_type=choice.device.type, dtype=choice.dtype)
+        if choice.mode == "autocast"
+        else contextlib.nullcontext()
+    )
+    with torch.inference_mode(), autocast:
+        yield
 
 
 def run_towers(
