@@ -30,7 +30,8 @@ from .errors import (
     UnitsError,
     WeightsNotAvailableError,
 )
-from .hub import push_to_hub, resolve_model
+from .hub import resolve_model
+from .publish import push_to_hub
 from .models import (
     S1S2Backbone,
     S1S2Classifier,

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import CONFIG_FILENAME, MODEL_CARD_FILENAME, WEIGHTS_FILENAME, ModelConfig
+from .durable import fsync_path
 from .errors import CheckpointError, ConfigError, ModelNotFoundError
 
 _MAX_LISTED_KEYS = 25
@@ -33,19 +34,6 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 22) -> str:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_checkpoint(
@@ -94,7 +82,7 @@ def write_checkpoint(
             shutil.rmtree(backup, ignore_errors=True)
         else:
             os.replace(tmp, folder)
-        _fsync_dir(folder.parent)
+        fsync_path(folder.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

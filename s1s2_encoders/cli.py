@@ -155,7 +155,7 @@ def _add_push(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_push(args: argparse.Namespace) -> int:
-    from .hub import push_to_hub
+    from .publish import push_to_hub
 
     result = push_to_hub(
         args.folder, args.repo_id, token=args.token, private=args.private, commit_message=args.message,

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from s1s2_encoders.durable import fsync_path
 from s1s2_encoders.errors import CheckpointError, ModelNotFoundError
 
 CHECKPOINT_FORMAT = "s1s2-encoders/training-checkpoint"
@@ -37,19 +38,6 @@ def checkpoint_path(run_dir: str | Path, step: int) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR / f"step_{step:08d}.pt"
 
 
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to a temporary sibling, fsync, rename into place."""
     path = Path(path)
@@ -57,9 +45,9 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         torch.save(obj, tmp)
-        _fsync(tmp)
+        fsync_path(tmp)
         os.replace(tmp, path)
-        _fsync(path.parent)
+        fsync_path(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -70,7 +58,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         tmp.write_text(text, encoding="utf-8")
-        _fsync(tmp)
+        fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

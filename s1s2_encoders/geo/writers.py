@@ -24,6 +24,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
+from ..durable import fsync_path
 from ..errors import OutputExistsError
 from .grid import Grid
 
@@ -42,19 +43,6 @@ def partial_path(final: Path) -> Path:
 def record_path(final: Path) -> Path:
     """The resume record of a scene whose primary output is ``final``."""
     return final.parent / f".{final.name}{PARTIAL_SUFFIX}.json"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def check_output_path(path: Path, overwrite: bool) -> None:
@@ -166,7 +154,7 @@ class GeoTiffSink:
         self._ds.update_tags(**{COMPLETE_TAG: "1"})
         self.close()
         os.replace(self.temp, self.final)
-        _fsync_dir(self.final.parent)
+        fsync_path(self.final.parent)
 
     def discard(self) -> None:
         self.close()
@@ -239,7 +227,7 @@ class NpySink:
         tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, self.sidecar)
         os.replace(self.temp, self.final)
-        _fsync_dir(self.final.parent)
+        fsync_path(self.final.parent)
 
     def discard(self) -> None:
         self.close()

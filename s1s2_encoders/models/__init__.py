@@ -1,7 +1,8 @@
 """Models: timm towers, the two-tower backbone, task heads and models, and the factories that load them."""
 
 from .backbone import S1S2Backbone, TowerOutput
-from .factory import create_backbone, load_backbone, load_model
+from .factory import create_backbone, load_backbone
+from .task_factory import load_model
 from .task import S1S2Classifier, S1S2Segmenter, S1S2TaskModel, create_model, task_config
 from .towers import PYRAMID_STRIDES, TOTAL_STRIDE, create_tower
 

@@ -1,5 +1,5 @@
-"""``load_backbone`` and ``load_model``: one entry point each for registry names, local folders and hub
-repositories; ``load_backbone`` gives embedding backbones, ``load_model`` fine-tuned task models."""
+"""``load_backbone``: one entry point for registry names, local folders and hub repositories that gives
+embedding backbones (fine-tuned task models: :func:`s1s2_encoders.models.task_factory.load_model`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from ..errors import ConfigError
 from ..hub import resolve_model
 from ..registry import REGISTRY, get_entry
 from .backbone import S1S2Backbone
-from .task import S1S2TaskModel, create_model
 
 
 def create_backbone(config: ModelConfig) -> S1S2Backbone:
@@ -57,7 +56,7 @@ def load_backbone(
     elif not pretrained and isinstance(name_or_path, str) and name_or_path in REGISTRY:
         model = create_backbone(get_entry(name_or_path).config())
     else:
-        config, weights = _resolve(
+        config, weights = resolve_config(
             name_or_path, pretrained, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
             force_download=force_download, token=token,
         )
@@ -70,62 +69,11 @@ def load_backbone(
     return model
 
 
-def _resolve(name_or_path: Any, pretrained: bool, **hub: Any) -> tuple[ModelConfig, Path | None]:
-    """Resolve a reference to its config and, when ``pretrained``, the folder holding its weights."""
+def resolve_config(name_or_path: Any, pretrained: bool, **hub: Any) -> tuple[ModelConfig, Path | None]:
+    """Resolve a reference (see :func:`load_backbone`) to its config and, when ``pretrained``, the folder
+    holding its weights; ``hub`` are :func:`s1s2_encoders.hub.resolve_model`'s options."""
     source = resolve_model(name_or_path, **hub)
     config = read_config(source.folder)
     if source.kind != "local":
         config.provenance = {**config.provenance, "loaded_from": f"{source.repo_id}@{source.revision}"}
     return config, (source.folder if pretrained else None)
-
-
-def load_model(
-    name_or_path: str | os.PathLike[str] | ModelConfig,
-    *,
-    pretrained: bool = True,
-    revision: str | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
-    local_files_only: bool = False,
-    force_download: bool = False,
-    token: str | bool | None = None,
-    device: str | torch.device | None = None,
-) -> S1S2TaskModel:
-    """Load a fine-tuned task model (classifier or segmenter), in eval mode.
-
-    The folder's ``config.json`` names the task (``"classification"`` / ``"segmentation"``), the
-    fusion variant, the classes and their colours; the weights are loaded strictly.
-
-    Args:
-        name_or_path: a local checkpoint folder, ``"hf-hub:ORG/REPO[@REVISION]"``, or a
-            :class:`ModelConfig` with a task (random weights).
-        pretrained, revision, cache_dir, local_files_only, force_download, token, device: as for
-            :func:`load_backbone`.
-
-    Returns:
-        An :class:`~s1s2_encoders.models.task.S1S2Classifier` or
-        :class:`~s1s2_encoders.models.task.S1S2Segmenter`.
-
-    Raises:
-        ConfigError: the folder holds a backbone (use :func:`load_backbone`) or a malformed head;
-        plus everything :func:`load_backbone` raises.
-    """
-    if isinstance(name_or_path, ModelConfig):
-        model = create_model(name_or_path)
-    else:
-        config, weights = _resolve(
-            name_or_path, pretrained, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
-            force_download=force_download, token=token,
-        )
-        if config.task == "backbone":
-            raise ConfigError(
-                f"{name_or_path} is a backbone (task 'backbone'), not a fine-tuned model; load it with "
-                "load_backbone(), or build a task model on it with S1S2Classifier.from_backbone() / "
-                "S1S2Segmenter.from_backbone()"
-            )
-        model = create_model(config)
-        if weights is not None:
-            load_state_dict_strict(model, read_weights(weights), str(weights / "model.safetensors"))
-    model.eval()
-    if device is not None:
-        model.to(device)
-    return model

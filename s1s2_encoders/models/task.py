@@ -47,6 +47,7 @@ from .backbone import (
     resolve_dtype,
 )
 from .compute import choose_compute
+from .factory import load_backbone
 from .heads import FusionSegmentationHead, LinearClassifier, SwinUNetDecoder, UNetDecoder, swin_skip_features
 from .towers import TOTAL_STRIDE, create_tower, feature_pyramid, is_swin, last_feature_map, pyramid_channels
 
@@ -327,8 +328,6 @@ class S1S2TaskModel(nn.Module):
             head: ``multi_label=`` (classifier) or ``decoder=`` (segmenter).
         """
         if not isinstance(backbone, S1S2Backbone):
-            from .factory import load_backbone
-
             backbone = load_backbone(backbone)
         if fusion == "early":
             raise ConfigError(
