@@ -75,3 +75,14 @@ def synthetic_pair(shape: tuple[int, ...] = (), h: int = 64, w: int = 64, seed: 
     s2 = rng.uniform(100, 4000, size=(*shape, 13, h, w)).astype(np.float32)
     s2[..., 10, :, :] = rng.uniform(5, 30, size=(*shape, h, w))
     return s1, s2
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module of many tiny kernels: OpenMP spin-waiting makes them several
+    times slower on a shared 2-core machine. Restored afterwards. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

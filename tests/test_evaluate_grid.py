@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from conftest import tiny_model
 from finetune_helpers import recipe
 
@@ -13,12 +12,7 @@ from s1s2_encoders import ConfigError, load_model
 from training.evaluate import render_markdown, run_grid, variant_overrides
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # many tiny kernels: avoid OpenMP spin-waiting on a shared machine
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_grid_tables_are_means_and_sample_stds_of_the_cells(tmp_path, capsys):

@@ -12,8 +12,7 @@ import pytest
 import rasterio
 import torch
 from conftest import REPO, terramesh_pair, tiny_model
-from dist_helpers import spawn
-from finetune_helpers import TINY_RESNET, TINY_SWIN, config_from, finetune_worker, recipe
+from finetune_helpers import TINY_RESNET, TINY_SWIN, config_from, recipe
 from safetensors.torch import load_file
 from training_data_helpers import make_dfc2020_tree
 
@@ -24,14 +23,7 @@ from training.optim import build_optimizer
 from training.task_data import balanced_oversampling, fill_one_batch, held_out_split, label_fraction_subset
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run many tiny kernels: one intra-op thread avoids OpenMP spin-waiting, which makes
-    them several times slower on a shared 2-core machine. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------------------------------- selection
@@ -240,3 +232,4 @@ def test_shipped_recipes_load_strictly():
             assert config.data.datasets[0]["split"] == "validation" and config.eval_data.datasets[0]["split"] == "test"
             assert config.class_names == ["Forest", "Shrubland", "Grassland", "Wetlands", "Croplands", "Urban/Built-up", "Barren", "Water"]
             assert config.recipe.faithful_to and config.recipe.differences
+

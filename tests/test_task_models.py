@@ -25,14 +25,7 @@ from s1s2_encoders.models.heads import pixel_shuffle_nhwc, swin_skip_features
 UNET = {"channels": [16, 16, 8]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run many tiny kernels: one intra-op thread avoids OpenMP spin-waiting, which makes
-    them several times slower on a shared 2-core machine. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_segmenter(architecture="swin-t", fusion="late", seed=0, normalization="sslt_channel_max"):

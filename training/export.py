@@ -30,6 +30,7 @@ from s1s2_encoders.model_card import render_model_card
 from s1s2_encoders.models import create_backbone
 
 from .checkpoints import load_training_checkpoint
+from .recipe import card_header
 from .pretrain import TRAINING_ONLY_TOWER_KWARGS
 
 BACKBONE_PREFIX = "backbone."
@@ -87,14 +88,7 @@ def training_card_section(state: dict[str, Any], evidence: dict[str, Any] | None
     schedule = run.get("schedule", {})
     data = state.get("extra", {}).get("data", [])
     steps, total = int(state["step"]), int(state.get("total_steps", state["step"]))
-    lines = ["", "## Training", ""]
-    if steps < total:
-        lines += [f"**Unfinished run: exported at step {steps} of {total}.**", ""]
-    lines += [f"Recipe `{recipe.get('name')}`: {recipe.get('description', '').strip()}", ""]
-    if recipe.get("faithful_to"):
-        lines += [f"Reproduces: {recipe['faithful_to']}.", ""]
-    if recipe.get("differences"):
-        lines += ["Differences and why:", "", *[f"- {d}" for d in recipe["differences"]], ""]
+    lines = card_header("Training", recipe, steps, total, follows="Reproduces")
     projection = objective.get("projection", {})
     rows = [
         ("objective", f"{objective.get('kind')} (temperature {objective.get('temperature')}, projection head {projection.get('kind')}, negatives from the global batch: {objective.get('gather')})"),

@@ -45,7 +45,7 @@ from s1s2_encoders.checkpoint import load_state_dict_strict
 from s1s2_encoders.classes import DFC2020_CLASS_NAMES, IGNORE_INDEX
 from s1s2_encoders.errors import ConfigError, S1S2Error
 from s1s2_encoders.models.task import TASK_MODELS, S1S2TaskModel, create_model, task_config
-from s1s2_encoders.preprocess import Normalization, fixed_clip_scale, sslt_channel_max
+from s1s2_encoders.preprocess import Normalization
 
 from .checkpoints import load_training_checkpoint, seed_everything
 from .config import dump_yaml, load_config, to_dict
@@ -54,6 +54,7 @@ from .distributed import DistInfo, barrier, init_distributed, shutdown_distribut
 from .evaluation import evaluate_task_model
 from .metrics import json_safe
 from .optim import OptimizerConfig, ScheduleConfig, param_groups
+from .recipe import RecipeInfo, build_normalization, card_header
 from .task_data import (
     LabelConfig,
     TaskDataset,
@@ -66,29 +67,11 @@ from .task_data import (
 )
 from .trainer import FitResult, LoopConfig, StepOutput, Trainer, clear_run_dir
 
-NORMALIZATIONS = {"sslt_channel_max": sslt_channel_max, "fixed_clip_scale": fixed_clip_scale}
 RESULTS_FILE = "results.json"
 EXPORT_DIR = "model"
 
 
 # ---------------------------------------------------------------------------------------- config
-@dataclass
-class FinetuneRecipe:
-    """The ``recipe`` section: what this file is.
-
-    Attributes:
-        name: short identifier (also the default model name).
-        description: one paragraph.
-        faithful_to: the published setting it reproduces, if any.
-        differences: how it differs from that setting, and why.
-    """
-
-    name: str
-    description: str = ""
-    faithful_to: str | None = None
-    differences: list[str] = field(default_factory=list)
-
-
 @dataclass
 class FinetuneModelSection:
     """The ``model`` section.
@@ -140,13 +123,7 @@ class FinetuneModelSection:
             raise ConfigError("model.multi_label applies to classification only")
 
     def build_normalization(self) -> Normalization:
-        if isinstance(self.normalization, str):
-            if self.normalization not in NORMALIZATIONS:
-                raise ConfigError(f"model.normalization {self.normalization!r} unknown; use {', '.join(NORMALIZATIONS)} or a mapping")
-            return NORMALIZATIONS[self.normalization]()
-        if isinstance(self.normalization, dict):
-            return Normalization.from_dict(self.normalization)
-        raise ConfigError(f"model.normalization must be a name or a mapping, got {self.normalization!r}")
+        return build_normalization(self.normalization)
 
 
 @dataclass
@@ -203,7 +180,7 @@ class EvalSection:
 class FinetuneConfig:
     """A fine-tuning recipe (one YAML file)."""
 
-    recipe: FinetuneRecipe
+    recipe: RecipeInfo
     model: FinetuneModelSection
     data: DataConfig
     optimizer: OptimizerConfig
@@ -512,14 +489,7 @@ def finetune_card_section(state: dict[str, Any], results: dict[str, Any] | None)
     recipe = run.get("recipe", {})
     extra = state.get("extra", {})
     steps, total = int(state["step"]), int(state.get("total_steps", state["step"]))
-    lines = ["", "## Fine-tuning", ""]
-    if steps < total:
-        lines += [f"**Unfinished run: exported at step {steps} of {total}.**", ""]
-    lines += [f"Recipe `{recipe.get('name')}`: {str(recipe.get('description', '')).strip()}", ""]
-    if recipe.get("faithful_to"):
-        lines += [f"Follows: {recipe['faithful_to']}.", ""]
-    if recipe.get("differences"):
-        lines += ["Differences and why:", "", *[f"- {d}" for d in recipe["differences"]], ""]
+    lines = card_header("Fine-tuning", recipe, steps, total, follows="Follows")
     rows = [
         ("model", json.dumps(run.get("model", {}))),
         ("split", json.dumps(run.get("split", {}))),

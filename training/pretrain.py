@@ -26,7 +26,7 @@ import torch
 from s1s2_encoders import ModelConfig
 from s1s2_encoders.errors import ConfigError, S1S2Error
 from s1s2_encoders.models import create_backbone
-from s1s2_encoders.preprocess import Normalization, fixed_clip_scale, sslt_channel_max
+from s1s2_encoders.preprocess import Normalization
 
 from .checkpoints import seed_everything
 from .config import dump_yaml, load_config, to_dict
@@ -35,31 +35,13 @@ from .data import DataConfig, ViewDataset, build_dataset, collate_samples
 from .data.augment import AugmentConfig
 from .distributed import barrier, init_distributed, shutdown_distributed
 from .optim import OptimizerConfig, ScheduleConfig
+from .recipe import RecipeInfo, build_normalization
 from .trainer import FitResult, LoopConfig, Trainer, clear_run_dir
 
-NORMALIZATIONS = {"sslt_channel_max": sslt_channel_max, "fixed_clip_scale": fixed_clip_scale}
 TRAINING_ONLY_TOWER_KWARGS = ("drop_path_rate", "drop_rate", "attn_drop_rate", "proj_drop_rate")
 """timm arguments that change training (regularisation) but not the weights' layout; export drops them."""
 PRETRAIN_FIELDS = ("s1", "s2", "valid", "s1_view2", "s2_view2", "valid_view2", "index", "n_nan_replaced")
 """Sample fields pretraining uses (label maps of labelled datasets are dropped from its batches)."""
-
-
-@dataclass
-class RecipeInfo:
-    """The ``recipe`` section: what this file is, for people and for the model card.
-
-    Attributes:
-        name: short identifier (also the default model name).
-        description: one paragraph.
-        faithful_to: the published code/paper the recipe reproduces (``null`` for our own recipes).
-        differences: how and why it differs (from the published recipe, or for faithful recipes,
-            the unavoidable deviations).
-    """
-
-    name: str
-    description: str = ""
-    faithful_to: str | None = None
-    differences: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -85,13 +67,7 @@ class ModelSection:
     license: str | None = None
 
     def build_normalization(self) -> Normalization:
-        if isinstance(self.normalization, str):
-            if self.normalization not in NORMALIZATIONS:
-                raise ConfigError(f"model.normalization {self.normalization!r} unknown; use {', '.join(NORMALIZATIONS)} or a mapping")
-            return NORMALIZATIONS[self.normalization]()
-        if isinstance(self.normalization, dict):
-            return Normalization.from_dict(self.normalization)
-        raise ConfigError(f"model.normalization must be a name or a mapping, got {self.normalization!r}")
+        return build_normalization(self.normalization)
 
 
 @dataclass

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from ..checkpoint import load_state_dict_strict, read_config, read_weights
-from ..config import ModelConfig
+from ..config import WEIGHTS_FILENAME, ModelConfig
 from ..errors import ConfigError
 from ..hub import resolve_model
 from ..registry import REGISTRY, get_entry
 from .backbone import S1S2Backbone
+
+M = TypeVar("M", bound=torch.nn.Module)
 
 
 def create_backbone(config: ModelConfig) -> S1S2Backbone:
@@ -51,6 +53,7 @@ def load_backbone(
         ModelNotFoundError, WeightsNotAvailableError, ModelNotCachedError, ChecksumError,
         DownloadError, ConfigError, CheckpointError (see :mod:`s1s2_encoders.errors`).
     """
+    weights = None
     if isinstance(name_or_path, ModelConfig):
         model = create_backbone(name_or_path)
     elif not pretrained and isinstance(name_or_path, str) and name_or_path in REGISTRY:
@@ -61,12 +64,7 @@ def load_backbone(
             force_download=force_download, token=token,
         )
         model = create_backbone(config)
-        if weights is not None:
-            load_state_dict_strict(model, read_weights(weights), str(weights / "model.safetensors"))
-    model.eval()
-    if device is not None:
-        model.to(device)
-    return model
+    return ready_for_use(model, weights, device)
 
 
 def resolve_config(name_or_path: Any, pretrained: bool, **hub: Any) -> tuple[ModelConfig, Path | None]:
@@ -77,3 +75,14 @@ def resolve_config(name_or_path: Any, pretrained: bool, **hub: Any) -> tuple[Mod
     if source.kind != "local":
         config.provenance = {**config.provenance, "loaded_from": f"{source.repo_id}@{source.revision}"}
     return config, (source.folder if pretrained else None)
+
+
+def ready_for_use(model: M, weights: Path | None, device: str | torch.device | None) -> M:
+    """Load the folder ``weights`` strictly into ``model`` (none: keep its random weights), switch it
+    to eval mode and move it to ``device``."""
+    if weights is not None:
+        load_state_dict_strict(model, read_weights(weights), str(weights / WEIGHTS_FILENAME))
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return model

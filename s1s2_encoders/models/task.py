@@ -44,9 +44,8 @@ from .backbone import (
     _pad_to_stride,
     pool_valid_cells,
     prepare_pair,
-    resolve_dtype,
 )
-from .compute import choose_compute
+from .compute import choose_compute, parse_dtype
 from .factory import load_backbone
 from .heads import FusionSegmentationHead, LinearClassifier, SwinUNetDecoder, UNetDecoder, swin_skip_features
 from .towers import TOTAL_STRIDE, create_tower, feature_pyramid, is_swin, last_feature_map, pyramid_channels
@@ -444,6 +443,7 @@ class S1S2TaskModel(nn.Module):
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        parse_dtype(dtype)  # reject a bad dtype before any work
         given = {"s1": s1, "s2": s2}
         for modality in MODALITIES:
             if modality in self.modalities and given[modality] is None:
@@ -460,10 +460,9 @@ class S1S2TaskModel(nn.Module):
         target = torch.device(device) if device is not None else parameter.device
         if target != parameter.device:
             self.to(target)
-        # "auto": the device's choice (bfloat16 where it runs natively), applied with autocast here:
-        # the decoders read the towers' intermediate maps, which the backbone's inference copies skip.
-        auto = isinstance(dtype, str) and dtype.lower() == "auto"
-        compute_dtype = choose_compute(dtype, target).dtype if auto else resolve_dtype(dtype)
+        # None is float32 here (the reference); "auto" is the device's choice. Either is applied with
+        # autocast: the decoders read the towers' intermediate maps, which the backbone's inference copies skip.
+        compute_dtype = choose_compute("float32" if dtype is None else dtype, target).dtype
         n = next(iter(prepared.values())).data.shape[0]
         autocast = (
             torch.autocast(device_type=target.type, dtype=compute_dtype)

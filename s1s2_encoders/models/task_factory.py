@@ -7,10 +7,9 @@ import os
 
 import torch
 
-from ..checkpoint import load_state_dict_strict, read_weights
 from ..config import ModelConfig
 from ..errors import ConfigError
-from .factory import resolve_config
+from .factory import ready_for_use, resolve_config
 from .task import S1S2TaskModel, create_model
 
 
@@ -44,6 +43,7 @@ def load_model(
         ConfigError: the folder holds a backbone (use :func:`load_backbone`) or a malformed head;
         plus everything :func:`load_backbone` raises.
     """
+    weights = None
     if isinstance(name_or_path, ModelConfig):
         model = create_model(name_or_path)
     else:
@@ -58,9 +58,4 @@ def load_model(
                 "S1S2Segmenter.from_backbone()"
             )
         model = create_model(config)
-        if weights is not None:
-            load_state_dict_strict(model, read_weights(weights), str(weights / "model.safetensors"))
-    model.eval()
-    if device is not None:
-        model.to(device)
-    return model
+    return ready_for_use(model, weights, device)
