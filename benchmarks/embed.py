@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import sys
 import time
@@ -208,13 +207,10 @@ def path_compile(freezing: bool) -> Callable[[Context, np.ndarray, np.ndarray], 
     def make(ctx: Context, s1: np.ndarray, s2: np.ndarray) -> Runner:
         key = f"compiled-{freezing}"
         if key not in ctx.cache:
-            import torch._inductor.config as inductor_config
-
             backbone = copy.deepcopy(ctx.model).eval()
             backbone.s1.to(torch.bfloat16)
             backbone.s2.to(torch.bfloat16)
             options = {"freezing": freezing} if freezing else None
-            del inductor_config  # options are passed per compile, not set globally
             ctx.cache[key] = torch.compile(backbone, options=options)
         compiled = ctx.cache[key]
         t1, t2 = _tensors(ctx, s1, s2)

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import gemm_peak_gflops, machine_info, median, real_pairs, tile_batch  # noqa: E402
+from common import gemm_peak_gflops, machine_info, real_pairs, tile_batch  # noqa: E402
 
 from s1s2_encoders import load_backbone  # noqa: E402
 from s1s2_encoders.models.compute import input_memory_format  # noqa: E402

@@ -7,7 +7,6 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import torch
 
 TINY_RESNET = {"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64], "stem_width": 8}
 TINY_SWIN = {"embed_dim": 16, "depths": [2, 2, 2, 2], "num_heads": [1, 2, 2, 4]}

@@ -266,7 +266,7 @@ def test_bad_inputs_give_clear_errors_and_no_output(tmp_path, swin_folder, capsy
         (out_dir / "emb.tif").write_bytes(b"precious")
     code = main(["embed", "--model", str(folder), "--s1", str(p1), *expected[1], "-o", str(out_dir / "emb.tif"), "--quiet"])
     err = capsys.readouterr().err
-    assert code == 2 and f"s1s2 embed: error: " in err and expected[0] in err
+    assert code == 2 and "s1s2 embed: error: " in err and expected[0] in err
     assert files_in(out_dir) == (["emb.tif"] if case == "exists" else [])
     if case == "exists":
         assert (out_dir / "emb.tif").read_bytes() == b"precious"
