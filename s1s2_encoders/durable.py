@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 
@@ -22,3 +23,19 @@ def fsync_path(path: str | os.PathLike[str]) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through a temporary sibling that is flushed and then renamed
+    over ``path``: readers see the old content or the new, never a part; the temporary file is
+    removed on any failure or interrupt. Returns ``path``."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        fsync_path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

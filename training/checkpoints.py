@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from s1s2_encoders.durable import fsync_path
+from s1s2_encoders.durable import atomic_write_text, fsync_path
 from s1s2_encoders.errors import CheckpointError, ModelNotFoundError
 
 CHECKPOINT_FORMAT = "s1s2-encoders/training-checkpoint"
@@ -54,17 +54,6 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     return path
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        fsync_path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def save_training_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], keep_last: int | None = None) -> Path:
     """Write ``state`` as the checkpoint of ``step`` and point ``latest`` at it.
 
@@ -76,7 +65,7 @@ def save_training_checkpoint(run_dir: str | Path, step: int, state: dict[str, An
     """
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": int(step), **state}
     path = atomic_torch_save(payload, checkpoint_path(run_dir, step))
-    _atomic_write_text(path.parent / LATEST_FILE, path.name + "\n")
+    atomic_write_text(path.parent / LATEST_FILE, path.name + "\n")
     if keep_last is not None and keep_last > 0:
         for old in list_checkpoints(run_dir)[:-keep_last]:
             old.unlink(missing_ok=True)

@@ -35,15 +35,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from s1s2_encoders.checkpoint import read_config
+from s1s2_encoders.durable import atomic_write_text
 from s1s2_encoders.errors import ConfigError, S1S2Error
 from s1s2_encoders.hub import resolve_model
 
@@ -110,16 +109,6 @@ def cell_config(base: dict[str, Any], variant: str, fraction: float, seed: int, 
     return from_dict(FinetuneConfig, data, where="grid cell")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _reusable(run_dir: Path, config: FinetuneConfig) -> dict[str, Any] | None:
     """The cell's earlier result if it was produced by exactly this recipe."""
     results = run_dir / RESULTS_FILE
@@ -181,8 +170,8 @@ def run_grid(
     tables = aggregate(records, variants, fractions, seeds)
     if dist.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(output_dir / "results.json", json.dumps(json_safe(tables), indent=2, allow_nan=False) + "\n")
-        _write_atomic(output_dir / "results.md", render_markdown(tables))
+        atomic_write_text(output_dir / "results.json", json.dumps(json_safe(tables), indent=2, allow_nan=False) + "\n")
+        atomic_write_text(output_dir / "results.md", render_markdown(tables))
     return tables
 
 

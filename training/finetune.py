@@ -30,9 +30,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import sys
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -43,6 +41,7 @@ import torch.nn.functional as F
 from s1s2_encoders import ModelConfig, load_backbone
 from s1s2_encoders.checkpoint import load_state_dict_strict
 from s1s2_encoders.classes import DFC2020_CLASS_NAMES, IGNORE_INDEX
+from s1s2_encoders.durable import atomic_write_text
 from s1s2_encoders.errors import ConfigError, S1S2Error
 from s1s2_encoders.models.task import TASK_MODELS, S1S2TaskModel, create_model, task_config
 from s1s2_encoders.preprocess import Normalization
@@ -367,13 +366,7 @@ class FinetuneResult:
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.write_text(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
 
 
 def result_record(config: FinetuneConfig, selection: Selection, metrics: dict[str, Any], step: int, architecture: str) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from ..durable import fsync_path
+from ..durable import atomic_write_text, fsync_path
 from ..errors import OutputExistsError
 from .grid import Grid
 
@@ -284,12 +284,14 @@ class OutputSet:
         """Close (flushing everything to disk), record the rows done, reopen for appending."""
         for sink in self.sinks:
             sink.close()
-        tmp = self.record.with_name(self.record.name + ".tmp")
-        tmp.write_text(json.dumps({"rows_done": self.rows_done, "params": self.params}) + "\n", encoding="utf-8")
-        os.replace(tmp, self.record)
+        self._write_record()
         for sink in self.sinks:
             sink.open(resume=True)
         self._last_checkpoint = time.monotonic()
+
+    def _write_record(self) -> None:
+        """The resume record: rows on disk and the run's parameters."""
+        atomic_write_text(self.record, json.dumps({"rows_done": self.rows_done, "params": self.params}) + "\n")
 
     def commit(self) -> None:
         for sink in self.sinks[1:] + [self.primary]:
@@ -310,9 +312,7 @@ class OutputSet:
             except Exception:  # a broken file must not hide the original error
                 keep = False
         if keep:
-            tmp = self.record.with_name(self.record.name + ".tmp")
-            tmp.write_text(json.dumps({"rows_done": self.rows_done, "params": self.params}) + "\n", encoding="utf-8")
-            os.replace(tmp, self.record)
+            self._write_record()
         else:
             for sink in self.sinks:
                 partial_path(sink.final).unlink(missing_ok=True)
