@@ -53,7 +53,7 @@ from .distributed import DistInfo, barrier, init_distributed, shutdown_distribut
 from .evaluation import evaluate_task_model
 from .metrics import json_safe
 from .optim import OptimizerConfig, ScheduleConfig, param_groups
-from .recipe import RecipeInfo, build_normalization, card_header
+from .recipe import RecipeInfo, add_run_arguments, build_normalization, card_header, run_overrides
 from .task_data import (
     LabelConfig,
     TaskDataset,
@@ -568,16 +568,8 @@ def export_finetuned(
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.finetune", description=__doc__.splitlines()[0])
     p.add_argument("--config", help="recipe YAML (training/configs/finetune/*.yaml)")
-    p.add_argument("--output-dir", help="run folder (default: train.output_dir of the recipe)")
-    p.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="continue from the latest checkpoint of the run folder, or from the given checkpoint file")
-    p.add_argument("--overwrite", action="store_true", help="delete the run folder's checkpoints, log and results first")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a recipe value (repeatable), e.g. --set split.label_fraction=0.1")
-    p.add_argument("--max-steps", type=int, help="run length in steps (replaces train.epochs)")
-    p.add_argument("--stop-after-steps", type=int, help="stop (with a checkpoint) after this many steps in this invocation")
-    p.add_argument("--device", help="auto, cpu or cuda (default: train.device)")
-    p.add_argument("--num-workers", type=int, help="DataLoader workers per process (default: train.num_workers)")
+    add_run_arguments(p, overwrite_help="delete the run folder's checkpoints, log and results first",
+                      override_example="split.label_fraction=0.1")
     p.add_argument("--export", metavar="RUN_OR_CHECKPOINT", help="only export this run's latest (or this) checkpoint to -o")
     p.add_argument("-o", "--export-to", help="output folder of --export")
     return p
@@ -593,16 +585,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if not args.config:
             raise ConfigError("--config is required (or --export RUN -o FOLDER)")
-        if args.resume is not None and args.overwrite:
-            raise ConfigError("--resume and --overwrite contradict each other")
-        overrides = list(args.overrides)
-        if args.max_steps is not None:
-            overrides += [f"train.max_steps={args.max_steps}", "train.epochs=null"]
-        if args.device:
-            overrides.append(f"train.device={args.device}")
-        if args.num_workers is not None:
-            overrides.append(f"train.num_workers={args.num_workers}")
-        config = load_finetune_config(args.config, overrides)
+        config = load_finetune_config(args.config, run_overrides(args))
         run_finetune(config, output_dir=args.output_dir, resume=args.resume, overwrite=args.overwrite,
                      stop_after_steps=args.stop_after_steps)
     except (S1S2Error, FileNotFoundError) as exc:

@@ -35,7 +35,7 @@ from .data import DataConfig, ViewDataset, build_dataset, collate_samples
 from .data.augment import AugmentConfig
 from .distributed import barrier, init_distributed, shutdown_distributed
 from .optim import OptimizerConfig, ScheduleConfig
-from .recipe import RecipeInfo, build_normalization
+from .recipe import RecipeInfo, add_run_arguments, build_normalization, run_overrides
 from .trainer import FitResult, LoopConfig, Trainer, clear_run_dir
 
 TRAINING_ONLY_TOWER_KWARGS = ("drop_path_rate", "drop_rate", "attn_drop_rate", "proj_drop_rate")
@@ -172,33 +172,14 @@ def run_pretraining(config: PretrainConfig, *, output_dir: str | Path | None = N
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.pretrain", description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True, help="recipe YAML (training/configs/*.yaml)")
-    p.add_argument("--output-dir", help="run folder (default: train.output_dir of the recipe)")
-    p.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="continue from the latest checkpoint of the run folder, or from the given checkpoint file")
-    p.add_argument("--overwrite", action="store_true", help="delete the run folder's checkpoints and log first")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a recipe value (repeatable), e.g. --set optimizer.lr=1e-4")
-    p.add_argument("--max-steps", type=int, help="run length in steps (replaces train.epochs)")
-    p.add_argument("--stop-after-steps", type=int,
-                   help="stop (with a checkpoint) after this many steps in this invocation; the schedule still spans the whole run")
-    p.add_argument("--device", help="auto, cpu or cuda (default: train.device)")
-    p.add_argument("--num-workers", type=int, help="DataLoader workers per process (default: train.num_workers)")
+    add_run_arguments(p, overwrite_help="delete the run folder's checkpoints and log first", override_example="optimizer.lr=1e-4")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    overrides = list(args.overrides)
-    if args.max_steps is not None:
-        overrides += [f"train.max_steps={args.max_steps}", "train.epochs=null"]
-    if args.device:
-        overrides.append(f"train.device={args.device}")
-    if args.num_workers is not None:
-        overrides.append(f"train.num_workers={args.num_workers}")
     try:
-        config = load_pretrain_config(args.config, overrides)
-        if args.resume is not None and args.overwrite:
-            raise ConfigError("--resume and --overwrite contradict each other")
+        config = load_pretrain_config(args.config, run_overrides(args))
         run_pretraining(config, output_dir=args.output_dir, resume=args.resume, overwrite=args.overwrite,
                         stop_after_steps=args.stop_after_steps)
     except (S1S2Error, FileNotFoundError) as exc:

@@ -1,8 +1,10 @@
 """What every recipe shares: the ``recipe`` section, the normalisation names of the ``model``
-section, and the head of the model card's training section."""
+section, the run options of the command lines that train a recipe, and the head of the model
+card's training section."""
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -60,3 +62,36 @@ def card_header(title: str, recipe: dict[str, Any], steps: int, total: int, foll
     if recipe.get("differences"):
         lines += ["Differences and why:", "", *[f"- {d}" for d in recipe["differences"]], ""]
     return lines
+
+
+def add_run_arguments(p: argparse.ArgumentParser, overwrite_help: str, override_example: str) -> None:
+    """The options of a training command line that say where and how long a recipe runs."""
+    p.add_argument("--output-dir", help="run folder (default: train.output_dir of the recipe)")
+    p.add_argument("--resume", nargs="?", const="auto", default=None,
+                   help="continue from the latest checkpoint of the run folder, or from the given checkpoint file")
+    p.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help=f"override a recipe value (repeatable), e.g. --set {override_example}")
+    p.add_argument("--max-steps", type=int, help="run length in steps (replaces train.epochs)")
+    p.add_argument("--stop-after-steps", type=int,
+                   help="stop (with a checkpoint) after this many steps in this invocation; the schedule still spans the whole run")
+    p.add_argument("--device", help="auto, cpu or cuda (default: train.device)")
+    p.add_argument("--num-workers", type=int, help="DataLoader workers per process (default: train.num_workers)")
+
+
+def run_overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` values plus those that :func:`add_run_arguments`' shortcuts stand for.
+
+    Raises:
+        ConfigError: ``--resume`` together with ``--overwrite``.
+    """
+    if args.resume is not None and args.overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other")
+    overrides = list(args.overrides)
+    if args.max_steps is not None:
+        overrides += [f"train.max_steps={args.max_steps}", "train.epochs=null"]
+    if args.device:
+        overrides.append(f"train.device={args.device}")
+    if args.num_workers is not None:
+        overrides.append(f"train.num_workers={args.num_workers}")
+    return overrides
