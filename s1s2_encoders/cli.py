@@ -181,7 +181,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         help="export the embedder (normalisation included) to ONNX or a torch.export program",
         description=(
             "Export the pooled embedder of a checkpoint: raw S1 dB / S2 L1C DN (offset removed) in, (B, D) "
-            "embedding out, dynamic batch (and height/width for ResNet). The file is checked against PyTorch "
+            "embedding out, dynamic batch, height and width (>= 33 px). The file is checked against PyTorch "
             "after writing and the largest difference is printed."
         ),
     )
@@ -189,8 +189,6 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", required=True, choices=["onnx", "torch-export"], help="onnx (.onnx) or torch-export (.pt2)")
     p.add_argument("-o", "--output", required=True, help="file to write (.onnx / .pt2)")
     p.add_argument("--modality", default="both", choices=["both", "s1", "s2"], help="fused S1+S2 (default) or one tower")
-    p.add_argument("--height", type=int, default=None, help="input height of a Swin export (default: the checkpoint's crop size)")
-    p.add_argument("--width", type=int, default=None, help="input width of a Swin export (default: the height)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     p.add_argument("--no-check", action="store_true", help="do not run the written file against PyTorch")
@@ -204,14 +202,13 @@ def _run_export(args: argparse.Namespace) -> int:
     model = load_backbone(args.model)
     try:
         result = export_embedder(
-            model, args.output, format=args.format, modality=args.modality, height=args.height, width=args.width,
+            model, args.output, format=args.format, modality=args.modality,
             opset=args.opset, overwrite=args.overwrite, check=not args.no_check,
         )
     except (FileExistsError, ValueError) as exc:
         print(f"s1s2 export: error: {exc}", file=sys.stderr)
         return 2
-    size = f"{result.height} x {result.width}" if result.height is not None else "dynamic H x W (>= 33)"
-    print(f"wrote {result.path} ({args.format}): inputs {', '.join(result.inputs)}, batch dynamic, {size}, "
+    print(f"wrote {result.path} ({args.format}): inputs {', '.join(result.inputs)}, batch dynamic, dynamic H x W (>= 33), "
           f"output embedding (B, {result.embed_dim})")
     if result.max_abs_diff is not None:
         shapes = ", ".join(f"{b}x{h}x{w}" for b, h, w in result.checked_shapes)

@@ -10,12 +10,12 @@ An exported embedder takes raw inputs and returns the pooled embedding, exactly 
 * output ``embedding``: ``(B, D)`` float32, S1 features then S2 features (one of them for a
   per-modality export).
 
-The batch size is dynamic. Height and width are dynamic for ResNet towers (any ``H, W >= 33``;
-non-multiples of 32 are padded inside the graph exactly as ``embed`` does). For Swin towers they
-are fixed when exporting (``height``/``width``, default the checkpoint's crop size): the
-shifted-window padding arithmetic of every stage makes ``torch.export`` specialise on the number
-of windows per stage, so one program serves one size (export one file per tile size; any size,
-multiple of 32 or not, can be exported). Inputs must be finite (no nodata masking in the graph).
+The batch size, height and width are all dynamic (any ``H, W >= 33``; non-multiples of 32 are
+padded inside the graph exactly as ``embed`` does). ResNet towers are traced through the
+backbone's own forward. Swin towers are traced through :func:`models.swin_graph.swin_pooled`, the
+same arithmetic written without size-dependent reshapes (timm's shifted-window padding would pin
+the program to the example's size), and traced with ``backed_size_oblivious`` so that no size is
+assumed to be 0 or 1. Inputs must be finite (no nodata masking in the graph).
 
 Both formats carry the checkpoint's ``config.json`` and a description of the inputs: ONNX in the
 model's ``metadata_props`` (keys ``s1s2.config`` and ``s1s2.export``), ``.pt2`` files as extra
@@ -37,6 +37,7 @@ from torch import nn
 
 from .errors import ExportError, InputShapeError
 from .models.backbone import S1S2Backbone
+from .models.swin_graph import check_swin_structure, swin_pooled
 from .models.towers import TOTAL_STRIDE, is_swin
 
 ExportFormat = Literal["onnx", "torch-export"]
@@ -47,10 +48,13 @@ EXPORT_FORMAT_VERSION = 1
 META_CONFIG = "s1s2.config"
 META_EXPORT = "s1s2.export"
 MIN_DYNAMIC_SIZE = TOTAL_STRIDE + 1
-"""Smallest height/width of a dynamic-size program: the stride-32 map must have >= 2 cells, else
+"""Smallest height/width of an exported program: the stride-32 map must have >= 2 cells, else
 ``torch.export`` specialises the pooling on a single cell."""
 _MAX_BATCH = 1 << 16
 _MAX_SIZE = 1 << 16
+_EXAMPLE_SIZE = (256, 288)
+"""Height and width traced: >= 2 windows in every Swin stage and H != W, so the trace takes no
+branch that holds only for one window or a square input."""
 
 
 class _Embedder(nn.Module):
@@ -60,6 +64,17 @@ class _Embedder(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.modalities = modalities
+        self.swin = is_swin(backbone.config.architecture)
+        if self.swin:
+            for modality in modalities:
+                check_swin_structure(backbone.tower(modality))  # type: ignore[arg-type]
+
+    def pooled(self, modality: str, x: torch.Tensor) -> torch.Tensor:
+        """``(B, D_m)`` pooled feature of one modality from raw input, as ``backbone.encode``."""
+        if self.swin:
+            normalized = self.backbone.normalizer(modality)(x)  # type: ignore[arg-type]
+            return swin_pooled(self.backbone.tower(modality), normalized).float()  # type: ignore[arg-type]
+        return self.backbone.encode(modality, x).pooled  # type: ignore[arg-type]
 
 
 class FusedEmbedder(_Embedder):
@@ -67,7 +82,7 @@ class FusedEmbedder(_Embedder):
         super().__init__(backbone, ("s1", "s2"))
 
     def forward(self, s1: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
-        return self.backbone(s1=s1, s2=s2)
+        return torch.cat([self.pooled("s1", s1), self.pooled("s2", s2)], dim=1)
 
 
 class S1Embedder(_Embedder):
@@ -75,7 +90,7 @@ class S1Embedder(_Embedder):
         super().__init__(backbone, ("s1",))
 
     def forward(self, s1: torch.Tensor) -> torch.Tensor:
-        return self.backbone(s1=s1)
+        return self.pooled("s1", s1)
 
 
 class S2Embedder(_Embedder):
@@ -83,7 +98,7 @@ class S2Embedder(_Embedder):
         super().__init__(backbone, ("s2",))
 
     def forward(self, s2: torch.Tensor) -> torch.Tensor:
-        return self.backbone(s2=s2)
+        return self.pooled("s2", s2)
 
 
 def embedder_module(backbone: S1S2Backbone, modality: ExportModality = "both") -> _Embedder:
@@ -102,7 +117,6 @@ class ExportResult:
         path: the written file.
         format: ``"onnx"`` or ``"torch-export"``.
         inputs: input names in call order.
-        height / width: fixed input size, or ``None`` when dynamic.
         embed_dim: size of the output embedding.
         max_abs_diff: largest |exported - PyTorch| over the check inputs (``None`` when not checked,
             e.g. ONNX without onnxruntime installed).
@@ -112,8 +126,6 @@ class ExportResult:
     path: Path
     format: str
     inputs: tuple[str, ...]
-    height: int | None
-    width: int | None
     embed_dim: int
     max_abs_diff: float | None
     checked_shapes: list[tuple[int, int, int]]
@@ -131,22 +143,36 @@ def _example_inputs(backbone: S1S2Backbone, modalities: tuple[str, ...], batch: 
     return tuple(out)
 
 
-def _dynamic_shapes(modalities: tuple[str, ...], fixed_size: bool) -> dict[str, dict[int, object]]:
+def _dynamic_shapes(modalities: tuple[str, ...]) -> dict[str, dict[int, object]]:
     from torch.export import Dim
 
-    batch = Dim("batch", min=1, max=_MAX_BATCH)
-    spec: dict[int, object] = {0: batch}
-    if not fixed_size:
-        spec[2] = Dim("height", min=MIN_DYNAMIC_SIZE, max=_MAX_SIZE)
-        spec[3] = Dim("width", min=MIN_DYNAMIC_SIZE, max=_MAX_SIZE)
+    spec: dict[int, object] = {
+        0: Dim("batch", min=1, max=_MAX_BATCH),
+        2: Dim("height", min=MIN_DYNAMIC_SIZE, max=_MAX_SIZE),
+        3: Dim("width", min=MIN_DYNAMIC_SIZE, max=_MAX_SIZE),
+    }
     return {m: dict(spec) for m in modalities}
 
 
-def _export_description(backbone: S1S2Backbone, module: _Embedder, fmt: str, height: int | None,
-                        width: int | None) -> dict:
+def _size_oblivious():
+    """Trace without specialising sizes on 0 or 1 (a batch of one, a single window per stage).
+
+    ``torch.fx.experimental._config.backed_size_oblivious`` is the switch torch.export documents
+    for this; if a future torch drops it, tracing still works but may pin such sizes, which the
+    written-file check below would then report.
+    """
+    import contextlib
+
+    config = getattr(torch.fx.experimental, "_config", None)
+    if config is None or not hasattr(config, "backed_size_oblivious"):
+        return contextlib.nullcontext()
+    return config.patch(backed_size_oblivious=True)
+
+
+def _export_description(backbone: S1S2Backbone, module: _Embedder, fmt: str) -> dict:
     config = backbone.config
     units = {"s1": "backscatter in dB", "s2": "L1C digital numbers (reflectance x 10000), +1000 offset removed"}
-    size = [height, width] if height is not None else ["H >= 33", "W >= 33"]
+    size = [f"H >= {MIN_DYNAMIC_SIZE}", f"W >= {MIN_DYNAMIC_SIZE}"]
     return {
         "export_format_version": EXPORT_FORMAT_VERSION,
         "format": fmt,
@@ -179,8 +205,6 @@ def export_embedder(
     *,
     format: ExportFormat = "onnx",
     modality: ExportModality = "both",
-    height: int | None = None,
-    width: int | None = None,
     opset: int | None = None,
     overwrite: bool = False,
     check: bool = True,
@@ -193,16 +217,15 @@ def export_embedder(
         format: ``"onnx"`` (dynamo-based exporter, needs the ``onnx`` extra) or ``"torch-export"``
             (``torch.export.save``; load with ``torch.export.load(path).module()``).
         modality: ``"both"`` (inputs ``s1, s2``; output S1 then S2 features), ``"s1"`` or ``"s2"``.
-        height, width: input size of a Swin export (default: the checkpoint's ``input_size``);
-            must not be given for ResNet, whose height and width stay dynamic.
         opset: ONNX opset (default: the exporter's).
         overwrite: replace an existing ``out``.
-        check: run the written file on two batch sizes (and two sizes where dynamic) and record
-            the largest difference from PyTorch in the result.
+        check: run the written file on the :data:`CHECK_SHAPES` (batch sizes and image sizes other
+            than the traced one) and record its largest difference from the backbone's own
+            forward in the result.
 
     Raises:
         FileExistsError: ``out`` exists and ``overwrite`` is false.
-        ValueError: bad format, modality or size.
+        ValueError: bad format or modality, or a tower of unexpected structure.
         ExportError: the exporter failed (nothing is written then).
     """
     if format not in FORMATS:
@@ -210,24 +233,11 @@ def export_embedder(
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
-    swin = is_swin(backbone.config.architecture)
-    if swin:
-        height = backbone.config.input_size if height is None else height
-        width = height if width is None else width
-        for name, value in (("height", height), ("width", width)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    elif height is not None or width is not None:
-        raise ValueError(
-            f"{backbone.config.architecture} exports keep height and width dynamic (>= {MIN_DYNAMIC_SIZE} px); "
-            "do not pass height/width"
-        )
     module = embedder_module(backbone, modality)
     names = module.modalities
-    example_h, example_w = (height, width) if swin else (64, 96)
-    example = _example_inputs(backbone, names, 2, example_h, example_w)  # type: ignore[arg-type]
-    dynamic = _dynamic_shapes(names, fixed_size=swin)
-    description = _export_description(backbone, module, format, height, width)
+    example = _example_inputs(backbone, names, 2, *_EXAMPLE_SIZE)  # type: ignore[arg-type]
+    dynamic = _dynamic_shapes(names)
+    description = _export_description(backbone, module, format)
     config_json = backbone.config.to_json()
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -235,17 +245,17 @@ def export_embedder(
     was_training = backbone.training
     backbone.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _size_oblivious():
             if format == "torch-export":
                 _write_program(module, example, dynamic, tmp, config_json, description)
             else:
                 _write_onnx(module, example, dynamic, tmp, config_json, description, opset)
         result = ExportResult(
-            path=out, format=format, inputs=names, height=height, width=width,
+            path=out, format=format, inputs=names,
             embed_dim=sum(backbone.embed_dims[m] for m in names), max_abs_diff=None, checked_shapes=[],
         )
         if check:
-            _check(module, tmp, result, example_h, example_w, swin)  # type: ignore[arg-type]
+            _check(module, tmp, result)
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -288,13 +298,12 @@ def _write_onnx(module: _Embedder, example: tuple[torch.Tensor, ...], dynamic: d
     program.save(path, external_data=False)
 
 
-def _check_shapes(height: int, width: int, swin: bool) -> list[tuple[int, int, int]]:
-    if swin:
-        return [(1, height, width), (3, height, width)]
-    return [(1, 64, 64), (3, 50, 77)]
+CHECK_SHAPES: tuple[tuple[int, int, int], ...] = ((1, 64, 64), (3, 50, 77))
+"""``(B, H, W)`` the written file is run on: a batch of one, one Swin window per late stage, and a
+size that is not a multiple of 32 (nor of the windows) -- none of them the traced size."""
 
 
-def _check(module: _Embedder, path: Path, result: ExportResult, height: int, width: int, swin: bool) -> None:
+def _check(module: _Embedder, path: Path, result: ExportResult) -> None:
     """Run the written file and compare with PyTorch; fills ``max_abs_diff`` and ``checked_shapes``."""
     if result.format == "onnx":
         try:
@@ -303,10 +312,12 @@ def _check(module: _Embedder, path: Path, result: ExportResult, height: int, wid
             return
     runner = load_exported(path, result.format)
     worst = 0.0
-    for i, (b, h, w) in enumerate(_check_shapes(height, width, swin)):
+    for i, (b, h, w) in enumerate(CHECK_SHAPES):
         inputs = _example_inputs(module.backbone, module.modalities, b, h, w, seed=i + 1)  # type: ignore[arg-type]
         with torch.no_grad():
-            expected = module(*inputs)
+            # The reference is the backbone's eager forward, not the traced module: this also checks
+            # that the export-only Swin arithmetic (models/swin_graph.py) matches it.
+            expected = module.backbone(**dict(zip(module.modalities, inputs)))
             got = runner(*inputs)
         worst = max(worst, float((torch.as_tensor(got).detach() - expected).abs().max()))
         result.checked_shapes.append((b, h, w))

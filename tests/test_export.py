@@ -67,7 +67,6 @@ def test_export_reports_its_own_check(resnet_export):
     assert resnet_export.max_abs_diff is not None and resnet_export.max_abs_diff <= TOL
     assert resnet_export.checked_shapes == [(1, 64, 64), (3, 50, 77)]
     assert resnet_export.inputs == ("s1", "s2") and resnet_export.embed_dim == 1024
-    assert resnet_export.height is None and resnet_export.width is None
 
 
 def test_exported_file_matches_embed_on_real_pairs(resnet, resnet_export):
@@ -97,42 +96,44 @@ def test_metadata_travels_with_the_file(resnet, resnet_export):
     assert description["normalization"]["kind"] == "fixed"
 
 
-def test_swin_torch_export_per_modality_at_a_non_multiple_of_32(swin, tmp_path):
-    """Swin programs have a fixed H x W (any size) and a dynamic batch; per-modality export works."""
+# (B, H, W): one window in the late stages, non-multiples of 32 and of the windows, the traced
+# size's neighbours, and a large tile -- all different from the traced 256 x 288.
+SWIN_SIZES = [(1, 33, 33), (3, 50, 77), (2, 224, 224), (1, 100, 300), (2, 481, 250)]
+
+
+def test_swin_torch_export_per_modality_has_dynamic_batch_and_size(swin, tmp_path):
+    """One Swin program serves every batch and every H, W >= 33; per-modality export works."""
     path = tmp_path / "swin_s2.pt2"
-    result = export_embedder(swin, path, format="torch-export", modality="s2", height=50, width=77)
-    assert result.inputs == ("s2",) and (result.height, result.width) == (50, 77) and result.embed_dim == 128
-    run = load_exported(path)
-    for batch in (1, 3):
-        _, s2 = raw_inputs(batch, 50, 77, seed=batch)
-        with torch.no_grad():
-            diff = max_diff(run(s2), swin(s2=s2))
-        print(f"torch-export swin s2 B={batch} 50x77: max |diff| = {diff:.2e}")
-        assert diff <= TOL
-    with pytest.raises(Exception, match=r"50"):  # the program's input guard names the size it was exported for
-        run(raw_inputs(1, 64, 64, seed=0)[1])
-
-
-def test_swin_onnx_fused(swin, tmp_path):
-    path = tmp_path / "swin.onnx"
-    result = export_embedder(swin, path, format="onnx", height=64, width=96)
+    result = export_embedder(swin, path, format="torch-export", modality="s2")
+    assert result.inputs == ("s2",) and result.embed_dim == 128
     assert result.max_abs_diff is not None and result.max_abs_diff <= TOL
     run = load_exported(path)
-    for batch in (1, 4):
-        s1, s2 = raw_inputs(batch, 64, 96, seed=batch)
+    for batch, h, w in SWIN_SIZES:
+        _, s2 = raw_inputs(batch, h, w, seed=batch + h)
         with torch.no_grad():
-            diff = max_diff(run(s1, s2), swin(s1, s2))
-        print(f"onnx swin B={batch} 64x96: max |diff| = {diff:.2e}")
-        assert diff <= TOL
-    with pytest.raises(Exception, match=r"Expected: 64"):  # onnxruntime names the expected size
-        run(*raw_inputs(1, 32, 96, seed=0))
+            got = run(s2)
+            diff = max_diff(got, swin(s2=s2))
+        print(f"torch-export swin s2 B={batch} {h}x{w}: max |diff| = {diff:.2e}")
+        assert tuple(got.shape) == (batch, 128) and diff <= TOL
+    _, description = read_export_metadata(path)
+    assert description["inputs"][0]["shape"] == ["batch", 13, "H >= 33", "W >= 33"]
 
 
-def test_swin_size_arguments_are_validated(swin, resnet, tmp_path):
-    with pytest.raises(ValueError, match=r"height must be a positive integer, got 0"):
-        export_embedder(swin, tmp_path / "x.pt2", format="torch-export", height=0)
-    with pytest.raises(ValueError, match=r"resnet18 exports keep height and width dynamic \(>= 33 px\)"):
-        export_embedder(resnet, tmp_path / "x.pt2", format="torch-export", height=64)
+def test_swin_onnx_fused_has_dynamic_batch_and_size(swin, tmp_path):
+    path = tmp_path / "swin.onnx"
+    result = export_embedder(swin, path, format="onnx")
+    assert result.max_abs_diff is not None and result.max_abs_diff <= TOL
+    run = load_exported(path)
+    for batch, h, w in SWIN_SIZES:
+        s1, s2 = raw_inputs(batch, h, w, seed=batch + w)
+        with torch.no_grad():
+            got = run(s1, s2)
+            diff = max_diff(got, swin(s1, s2))
+        print(f"onnx swin B={batch} {h}x{w}: max |diff| = {diff:.2e}")
+        assert tuple(got.shape) == (batch, 256) and diff <= TOL
+
+
+def test_bad_arguments_are_refused_before_writing(resnet, tmp_path):
     with pytest.raises(ValueError, match=r"format must be one of onnx, torch-export, got 'tflite'"):
         export_embedder(resnet, tmp_path / "x.tflite", format="tflite")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"modality must be one of both, s1, s2, got 's3'"):
@@ -209,12 +210,15 @@ def test_real_swin_t_export(fmt, tmp_path, real_pair):
     model = load_backbone("swin-s1s2", pretrained=False)
     path = tmp_path / ("swin.onnx" if fmt == "onnx" else "swin.pt2")
     result = export_embedder(model, path, format=fmt)
-    assert (result.height, result.width) == (224, 224) and result.embed_dim == 1536
+    assert result.embed_dim == 1536
     assert result.max_abs_diff is not None and result.max_abs_diff <= TOL
+    run = load_exported(path)
     s1, s2 = real_pair
-    with torch.no_grad():
-        got = load_exported(path)(torch.from_numpy(s1.astype(np.float32))[None],
-                                  torch.from_numpy(s2.astype(np.float32))[None] - 1000)
-    expected = model.embed(s1, s2, s2_offset=1000, dtype="float32")
-    print(f"{fmt} real Swin-T: max |diff| = {max_diff(got, expected):.2e}")
-    assert max_diff(got, expected) <= TOL
+    # The real 224 px pair, and its 120 px crop (BigEarthNet's size), through one file.
+    for size in (224, 120):
+        a, b = s1[:, :size, :size], s2[:, :size, :size]
+        with torch.no_grad():
+            got = run(torch.from_numpy(a.astype(np.float32))[None], torch.from_numpy(b.astype(np.float32))[None] - 1000)
+        expected = model.embed(a, b, s2_offset=1000, dtype="float32")
+        print(f"{fmt} real Swin-T {size} px: max |diff| = {max_diff(got, expected):.2e}")
+        assert max_diff(got, expected) <= TOL
