@@ -202,11 +202,16 @@ class InputNormalizer(nn.Module):
         """
         with torch.autocast(device_type=x.device.type, enabled=False):
             x = x.float()
-            y = x.clamp(self.lo, self.hi) - self.lo
+            y = x.clamp(self.lo, self.hi)
+            # y is a new tensor: without autograd, shift and scale it in place. Every allocation the
+            # size of a batch is fresh memory the kernel must fault in (~15 ms per 40 MB here).
+            in_place = not y.requires_grad
+            y = y.sub_(self.lo) if in_place else y - self.lo
             if valid is not None:
                 y = torch.where(valid, y, torch.zeros((), dtype=y.dtype, device=y.device))
             if self.kind == "sslt_channel_max":
-                y = y / (y.amax(dim=(2, 3), keepdim=True) + self.eps)
+                scale = y.amax(dim=(2, 3), keepdim=True) + self.eps
+                y = y.div_(scale) if in_place else y / scale
             else:
                 mean, std = self.mean, self.std
                 if present is not None:
@@ -241,8 +246,10 @@ def looks_like_s2_offset(x: torch.Tensor, band_names: Sequence[str], valid: torc
         values = values.flatten().float()
         if values.numel() == 0:
             return math.nan
-        if values.numel() > 1_000_000:  # quantile() refuses very large inputs; subsample evenly
-            values = values[:: values.numel() // 1_000_000 + 1]
+        # A heuristic needs no exact percentile of millions of pixels: an even subsample of
+        # <= 100k values (quantile() sorts, and refuses inputs above 16M values anyway).
+        if values.numel() > 100_000:
+            values = values[:: values.numel() // 100_000 + 1]
         return float(torch.quantile(values, q))
 
     if "B10" in band_names:

@@ -121,3 +121,32 @@ def test_offset_heuristic_on_real_and_shifted_data(real_pair):
     keep = [i for i, b in enumerate(bands) if b != "B10"]
     assert looks_like_s2_offset(x[:, keep], no_b10)
     assert not looks_like_s2_offset(x[:, keep] - 1000, no_b10)
+
+
+def test_offset_heuristic_on_a_batch_too_large_to_sort(real_pair):
+    """Above 100k values per band the heuristic subsamples evenly; it must decide as on one tile."""
+    _, s2 = real_pair
+    bands = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
+    x = torch.from_numpy(s2.astype(np.float32))[None].repeat(3, 1, 1, 1)  # 3 x 224 x 224 = 150k per band
+    assert x[:, 10].numel() > 100_000
+    assert looks_like_s2_offset(x, bands) and not looks_like_s2_offset(x - 1000, bands)
+    keep = [i for i, b in enumerate(bands) if b != "B10"]
+    no_b10 = [bands[i] for i in keep]
+    assert looks_like_s2_offset(x[:, keep], no_b10) and not looks_like_s2_offset(x[:, keep] - 1000, no_b10)
+
+
+@pytest.mark.parametrize("kind", ["sslt_channel_max", "fixed"])
+def test_normalisation_leaves_its_input_alone_and_keeps_gradients(kind):
+    """Without autograd the normaliser shifts and scales its own clamp output in place: the caller's
+    tensor is never written. With a tensor that requires grad it stays out of place and differentiable."""
+    norm = sslt_channel_max() if kind == "sslt_channel_max" else fixed_clip_scale()
+    module = InputNormalizer(norm.kind, norm.s1, 2, norm.eps)
+    x = torch.linspace(-30, 3, 2 * 2 * 5 * 6).view(2, 2, 5, 6)
+    before = x.clone()
+    plain = module(x)
+    assert torch.equal(x, before)
+    leaf = x.clone().requires_grad_(True)
+    tracked = module(leaf)
+    assert torch.allclose(tracked, plain, rtol=0, atol=0)
+    tracked.sum().backward()
+    assert leaf.grad is not None and torch.isfinite(leaf.grad).all() and leaf.grad.abs().sum() > 0
