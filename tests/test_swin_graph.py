@@ -73,7 +73,8 @@ def test_padding_tokens_never_reach_real_ones(swin):
                 results[rows] = swin_pooled(swin.s2, normalized)
             finally:
                 handle.remove()
-    assert torch.equal(results[16], clean)
+    assert torch.isfinite(results[16]).all()
+    assert torch.allclose(results[16], clean, rtol=0, atol=1e-6)
     assert torch.isnan(results[15]).all()
 
 
