@@ -24,6 +24,7 @@ files of the same names. Writing is atomic (temporary name, then rename).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
@@ -161,8 +162,6 @@ def _size_oblivious():
     for this; if a future torch drops it, tracing still works but may pin such sizes, which the
     written-file check below would then report.
     """
-    import contextlib
-
     config = getattr(torch.fx.experimental, "_config", None)
     if config is None or not hasattr(config, "backed_size_oblivious"):
         return contextlib.nullcontext()

@@ -8,7 +8,6 @@ the band, the shape or the value and what was expected.
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 

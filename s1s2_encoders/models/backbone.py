@@ -30,6 +30,7 @@ from .compute import (
 from .towers import (
     PYRAMID_STRIDES,
     TOTAL_STRIDE,
+    ceil_div,
     create_tower,
     feature_pyramid,
     last_feature_map,
@@ -62,11 +63,6 @@ def resolve_dtype(dtype: DTypeArg) -> torch.dtype:
     return parse_dtype(dtype) or torch.float32
 
 
-def _ceil_div(n: Any, d: int) -> Any:
-    """``ceil(n / d)`` for a non-negative int or symbolic int ``n``."""
-    return (n + d - 1) // d
-
-
 def _pad_to_stride(x: torch.Tensor, valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Zero-pad bottom/right to a multiple of 32 so every stage sees whole cells.
 
@@ -76,8 +72,8 @@ def _pad_to_stride(x: torch.Tensor, valid: torch.Tensor | None) -> tuple[torch.T
     h, w = x.shape[-2:]
     # (n + 31) // 32 * 32 rather than (-n) % 32: under torch.export every later size (stages,
     # windows) is then a multiple of one symbol, which keeps the symbolic shape algebra small.
-    pad_h = _ceil_div(h, TOTAL_STRIDE) * TOTAL_STRIDE - h
-    pad_w = _ceil_div(w, TOTAL_STRIDE) * TOTAL_STRIDE - w
+    pad_h = ceil_div(h, TOTAL_STRIDE) * TOTAL_STRIDE - h
+    pad_w = ceil_div(w, TOTAL_STRIDE) * TOTAL_STRIDE - w
     # Under torch.export / torch.compile the sizes are symbolic: branching on them would pin the
     # exported program to one size, so the (possibly zero) padding is always applied there.
     if not torch.compiler.is_compiling() and pad_h == 0 and pad_w == 0:
@@ -222,13 +218,13 @@ class S1S2Backbone(nn.Module):
         # shapes under torch.export stay provably equal (math.ceil would fix the size).
         if dense:
             pyramid = feature_pyramid(tower, self.config.architecture, normalized)
-            sizes = [(_ceil_div(h, s), _ceil_div(w, s)) for s in PYRAMID_STRIDES]
+            sizes = [(ceil_div(h, s), ceil_div(w, s)) for s in PYRAMID_STRIDES]
             pyramid = [m[..., : sh, : sw] for m, (sh, sw) in zip(pyramid, sizes)]
             last = pyramid[-1]
         else:
             pyramid = None
             last = last_feature_map(tower, self.config.architecture, normalized)
-            last = last[..., : _ceil_div(h, TOTAL_STRIDE), : _ceil_div(w, TOTAL_STRIDE)]
+            last = last[..., : ceil_div(h, TOTAL_STRIDE), : ceil_div(w, TOTAL_STRIDE)]
         last = last.float()
         pooled = pool_valid_cells(last, valid_padded)
         if valid_padded is not None:

@@ -198,12 +198,17 @@ def _fast_block_attention(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if padded:  # a zero token at index h*w stands for timm's zero padding
         tokens = torch.cat([tokens, tokens.new_zeros(b, 1, c)], dim=1)
     windows = tokens.index_select(1, gather).view(-1, wh * ww, c)
-    out = _window_attention(self.attn, windows, bias)
+    out = window_attention(self.attn, windows, bias)
     return out.view(b, -1, c).index_select(1, scatter).view(b, h, w, c)
 
 
-def _window_attention(attn: nn.Module, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """timm's ``WindowAttention.forward`` (non-fused path) with a pre-summed ``bias``."""
+def window_attention(attn: nn.Module, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """timm's ``WindowAttention.forward`` (non-fused path) with a pre-summed ``bias``.
+
+    ``x`` is ``(B * nW, n, C)`` window tokens, batch-major; ``bias`` is ``(nW or 1, heads, n, n)``
+    (relative-position bias plus any shifted-window mask). Shared by the inference copies and the
+    shape-generic export forward (:mod:`.swin_graph`).
+    """
     windows, n, c = x.shape
     heads = attn.num_heads
     qkv = attn.qkv(x).view(windows, n, 3, heads, -1).permute(2, 0, 3, 1, 4)

@@ -26,14 +26,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .towers import TOTAL_STRIDE
+from .fast import window_attention
+from .towers import TOTAL_STRIDE, ceil_div
 
 _MASKED = -100.0
 """timm's value for attention between tokens of different shifted-window regions."""
-
-
-def _ceil_div(n, d: int):
-    return (n + d - 1) // d
 
 
 def _mod(a: torch.Tensor, m) -> torch.Tensor:
@@ -97,16 +94,12 @@ def _block_forward(block: nn.Module, x: torch.Tensor, real_h, real_w) -> torch.T
     bias = attn._get_rel_pos_bias()  # (1, heads, n, n)
     if sh or sw:
         # timm's regions: [0, P - w), [P - w, P - shift), [P - shift, P) with P the padded size.
-        padded_h, padded_w = _ceil_div(real_h, wh) * wh, _ceil_div(real_w, ww) * ww
+        padded_h, padded_w = ceil_div(real_h, wh) * wh, ceil_div(real_w, ww) * ww
         region = (((row >= padded_h - wh).long() + (row >= padded_h - sh).long()) * 3
                   + (col >= padded_w - ww).long() + (col >= padded_w - sw).long()).view(-1, n)
         mask = torch.where(region[:, :, None] != region[:, None, :], _MASKED, 0.0).to(bias.dtype)
         bias = bias + mask.unsqueeze(1)  # (windows, heads, n, n)
-    heads = attn.num_heads
-    q, k, v = attn.qkv(tokens).view(-1, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4).unbind(0)
-    scores = (q * attn.scale) @ k.transpose(-2, -1)
-    scores = (scores.view(b, -1, heads, n, n) + bias.unsqueeze(0)).view(-1, heads, n, n).softmax(dim=-1)
-    out = attn.proj((scores @ v).transpose(1, 2).reshape(-1, n, c))
+    out = window_attention(attn, tokens, bias)
 
     # Back: token (r, c) sits at shifted ((r - sh) % real_h, ...), at that cell's window position.
     r = torch.arange(hp, device=device)
@@ -126,12 +119,12 @@ def swin_pooled(tower: nn.Module, x: torch.Tensor) -> torch.Tensor:
     ``torch.export`` keeps ``B``, ``H`` and ``W`` symbolic (see the module docstring).
     """
     _, _, h, w = x.shape
-    cells_h, cells_w = _ceil_div(h, TOTAL_STRIDE), _ceil_div(w, TOTAL_STRIDE)
+    cells_h, cells_w = ceil_div(h, TOTAL_STRIDE), ceil_div(w, TOTAL_STRIDE)
     for stage, layer in enumerate(tower.layers):
         scale = 2 ** (len(tower.layers) - 1 - stage)
         real_h, real_w = cells_h * scale, cells_w * scale  # timm's map size at this stage
         wh, ww = layer.blocks[0].window_size
-        padded_h, padded_w = _ceil_div(real_h, wh) * wh, _ceil_div(real_w, ww) * ww
+        padded_h, padded_w = ceil_div(real_h, wh) * wh, ceil_div(real_w, ww) * ww
         if stage == 0:
             # Zeros beyond the input, as the backbone's stride-32 padding (and further, unread).
             x = _pad_rows_cols(x, (2, 3), (4 * padded_h, 4 * padded_w), (h, w), zero=True)

@@ -23,6 +23,12 @@ PYRAMID_STRIDES: tuple[int, ...] = (4, 8, 16, 32)
 """Strides (input pixels per feature cell) of the dense feature pyramid."""
 
 
+def ceil_div(n: Any, d: int) -> Any:
+    """``ceil(n / d)`` for a non-negative int or a symbolic int ``n`` (``math.ceil`` would fix a
+    symbolic size to its example value under ``torch.export``)."""
+    return (n + d - 1) // d
+
+
 def is_swin(architecture: str) -> bool:
     return architecture.startswith("swin")
 
