@@ -227,3 +227,38 @@ def warn_missing_bands(prepared: PreparedInput, modality: Modality) -> None:
             "first-layer weights for them are dropped (equivalent to a zero input after "
             "normalisation). Embeddings can differ from those of a full band stack."
         )
+
+
+def prepare_pair(
+    config: Any,
+    s1: ArrayLike | None,
+    s2: ArrayLike | None,
+    s1_bands: Sequence[str] | None = None,
+    s2_bands: Sequence[str] | None = None,
+    s2_offset: float | None = None,
+    nodata: NodataPolicy = "raise",
+    check_units: bool = True,
+) -> dict[str, PreparedInput]:
+    """Validate and convert the user's S1 / S2 arrays for a model with ``config``'s bands.
+
+    The one input path of every model in the package (backbones, task models, inference engines):
+    band selection and re-ordering by name, NaN/inf policy, unit checks, the S2 offset, the S1/S2
+    pairing checks and the missing-band warning. Modalities passed as ``None`` are left out.
+
+    Args:
+        config: the model's :class:`~s1s2_encoders.config.ModelConfig` (``s1_bands``, ``s2_bands``).
+
+    Returns:
+        ``{"s1": PreparedInput, "s2": PreparedInput}`` (only the given modalities).
+    """
+    prepared: dict[str, PreparedInput] = {}
+    if s1 is not None:
+        prepared["s1"] = prepare_input(s1, "s1", config.s1_bands, s1_bands, nodata=nodata, check_units=check_units)
+    if s2 is not None:
+        prepared["s2"] = prepare_input(
+            s2, "s2", config.s2_bands, s2_bands, nodata=nodata, check_units=check_units, s2_offset=s2_offset,
+        )
+    check_pair(prepared.get("s1"), prepared.get("s2"))
+    for modality, item in prepared.items():
+        warn_missing_bands(item, modality)  # type: ignore[arg-type]
+    return prepared

@@ -25,6 +25,7 @@ normalisation by :func:`remove_s2_offset` when the caller says so (``s2_offset=1
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
@@ -200,7 +201,10 @@ class InputNormalizer(nn.Module):
         Returns:
             ``(B, n_bands, H, W)`` float32.
         """
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        # Devices without autocast (e.g. "meta", used to trace shapes) need no guard against it.
+        no_autocast = (torch.autocast(device_type=x.device.type, enabled=False)
+                       if torch.amp.is_autocast_available(x.device.type) else contextlib.nullcontext())
+        with no_autocast:
             x = x.float()
             y = x.clamp(self.lo, self.hi)
             # y is a new tensor: without autograd, shift and scale it in place. Every allocation the

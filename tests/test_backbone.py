@@ -71,9 +71,14 @@ def test_dense_pyramid_shapes_and_alignment(any_tiny_model, size):
     for level, stride in enumerate((4, 8, 16, 32)):
         expected = (2, channels["s1"][level] + channels["s2"][level], -(-h // stride), -(-w // stride))
         assert dense[stride].shape == expected
-    # The spatial mean of the stride-32 map is the pooled embedding.
+    # The pooled embedding is the stride-32 map averaged with each cell weighted by the input pixels
+    # it covers (edge cells of a size that is not a multiple of 32 cover fewer).
     pooled = any_tiny_model.embed(s1, s2)
-    np.testing.assert_allclose(dense[32].mean(axis=(2, 3)), pooled, rtol=1e-5, atol=1e-5)
+    rows = np.minimum(32, h - 32 * np.arange(-(-h // 32)))
+    cols = np.minimum(32, w - 32 * np.arange(-(-w // 32)))
+    weights = rows[:, None] * cols[None, :]
+    expected = (dense[32] * weights).sum(axis=(2, 3)) / weights.sum()
+    np.testing.assert_allclose(expected, pooled, rtol=1e-5, atol=1e-5)
 
 
 def test_dense_features_are_local(real_pair):

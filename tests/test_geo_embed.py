@@ -296,6 +296,7 @@ def test_many_scenes_from_globs_pair_by_wildcard(tmp_path, swin_folder, capsys):
 def test_interrupt_or_crash_midway_leaves_no_file_under_any_name(tmp_path, monkeypatch, error):
     """Ctrl-C (KeyboardInterrupt in the main thread) or a crash after rows reached the partial file."""
     from s1s2_encoders.geo.writers import GeoTiffSink
+    from s1s2_encoders.models.engine import InferenceEngine
 
     s1, s2 = synthetic_scene(512, 96, seed=8)
     p1, p2 = write_raster(tmp_path / "s1.tif", s1), write_raster(tmp_path / "s2.tif", s2)
@@ -303,19 +304,19 @@ def test_interrupt_or_crash_midway_leaves_no_file_under_any_name(tmp_path, monke
     out_dir.mkdir()
     model = tiny_model()
     calls, written = [], []
-    encode, write_rows = model.encode, GeoTiffSink.write_rows
+    encode, write_rows = InferenceEngine.encode_batch, GeoTiffSink.write_rows
 
-    def failing_encode(*args, **kwargs):
+    def failing_encode(self, *args, **kwargs):
         calls.append(1)
-        if len(calls) == 9:  # S1 + S2 per batch: the 5th batch, after rows were written
+        if len(calls) == 5:  # the 5th batch, after rows were written
             raise error("stop")
-        return encode(*args, **kwargs)
+        return encode(self, *args, **kwargs)
 
     def spy(self, row0, values):
         written.append(row0)
         return write_rows(self, row0, values)
 
-    monkeypatch.setattr(model, "encode", failing_encode)
+    monkeypatch.setattr(InferenceEngine, "encode_batch", failing_encode)
     monkeypatch.setattr(GeoTiffSink, "write_rows", spy)
     with pytest.raises(error, match="stop"):
         embed_scene(model, SceneInputs(s1=[p1], s2=[p2], s2_offset=0), out_dir / "emb.tif", tile=96, overlap=0,
@@ -332,7 +333,8 @@ def test_single_modality_needs_only_its_own_input(tmp_path):
                 progress=False)
     values, meta = read(tmp_path / "s1only.tif")
     assert values.shape == (512, 3, 2) and meta["descriptions"][-1] == "s1_0511"
-    assert meta["crs"] == WGS84 and meta["transform"] == scaled(WGS84_TRANSFORM, 32)
+    # ResNet cells are centred on pixel 32 * i (tests/test_alignment.py): the grid starts 15.5 px earlier
+    assert meta["crs"] == WGS84 and meta["transform"] == WGS84_TRANSFORM * Affine.translation(-15.5, -15.5) * Affine.scale(32)
     from s1s2_encoders import InputShapeError
 
     with pytest.raises(InputShapeError, match=r"Sentinel-2 tower is used \(modality both\) but no Sentinel-2 input was given \(--s2\)"):

@@ -14,8 +14,8 @@ from .._warnings import warn_user
 from ..bands import Modality
 from ..errors import OptionError
 from ..models.backbone import MODALITIES, S1S2Backbone
-from ..models.compute import choose_compute, inference_context, run_towers
-from ..models.towers import PYRAMID_STRIDES
+from ..models.engine import ModalityBatch
+from ..models.towers import PYRAMID_STRIDES, cell_origin_shift
 from .grid import Grid
 from .progress import Progress
 from .scene import MODALITY_CHOICES, SceneInputs, check_first_batch, model_fingerprint, open_scene
@@ -41,6 +41,7 @@ class SceneResult:
         tiles: tiles processed in this run; seconds: wall time.
         resumed_from_row: output rows already on disk from an earlier run.
         notes: things worth telling the user (band files ignored, S1 warped, offset source).
+        compute: how the model computed (dtype, device, why), as :class:`~s1s2_encoders.models.compute.ComputeChoice`.
     """
 
     outputs: list[Path]
@@ -49,6 +50,7 @@ class SceneResult:
     seconds: float
     resumed_from_row: int = 0
     notes: list[str] = field(default_factory=list)
+    compute: object = None
 
 
 def modalities_of(modality: str) -> tuple[Modality, ...]:
@@ -56,6 +58,12 @@ def modalities_of(modality: str) -> tuple[Modality, ...]:
     if modality not in MODALITY_CHOICES:
         raise OptionError(f"modality must be one of {', '.join(MODALITY_CHOICES)}, got {modality!r}")
     return MODALITIES if modality == "both" else (modality,)  # type: ignore[return-value]
+
+
+def compute_record(choice) -> dict[str, str]:
+    """What a resume record keeps of how a scene computed: rows of another dtype or device must not be
+    stitched onto them."""
+    return {"dtype": str(choice.dtype).replace("torch.", ""), "device": choice.device.type, "mode": choice.mode}
 
 
 def warn_if_seams(model: torch.nn.Module, plan: TilePlan) -> None:
@@ -77,7 +85,7 @@ def embed_scene(
     overlap: int = 64,
     batch_size: int = 8,
     device: str | torch.device | None = None,
-    dtype: str | torch.dtype | None = None,
+    dtype: str | torch.dtype = "auto",
     fmt: str = "tif",
     compress: str = "deflate",
     overwrite: bool = False,
@@ -100,8 +108,9 @@ def embed_scene(
         pooled: one pooled vector per ``tile`` x ``tile`` cell of a tile grid instead of a dense map.
         tile / overlap: tile size and overlap in pixels (multiples of 32 for dense maps).
         batch_size / device / dtype: inference options, as for :meth:`S1S2Backbone.embed`
-            (``dtype`` ``None``/``"auto"``: bfloat16 inference copies where the hardware runs bf16
-            natively, else float32; ``"float32"`` is the reference path).
+            (``dtype="auto"``: bfloat16 inference copies where the hardware runs bf16 natively, else
+            float32 ones; ``"float32"`` is the reference path). The model is not moved and keeps its
+            train/eval mode: the scene computes with an inference engine made at the start.
         fmt: ``"tif"`` (GeoTIFF, one band per feature) or ``"npy"`` (``(H, W, C)`` array + JSON).
         compress: GeoTIFF compression.
         overwrite / resume: replace an existing output / continue an interrupted run.
@@ -109,7 +118,9 @@ def embed_scene(
         progress: show a progress line (or pass a :class:`Progress`).
 
     Output: float32, one band per feature (S1 features then S2 features), NaN where a cell saw no
-    valid pixel of that modality; CRS as the input, transform the input's scaled by the cell size.
+    valid pixel of that modality; CRS as the input, transform the input's scaled by the cell size
+    and placed where each cell's receptive field is centred (dense ResNet maps: ``stride/2 - 1/2``
+    pixels up and left of the Swin placement, see :func:`~s1s2_encoders.models.towers.cell_centre`).
 
     Raises:
         RasterReadError, BandError, GridMismatchError, UnitsError, OutputExistsError.
@@ -131,16 +142,10 @@ def embed_scene(
     plan = TilePlan.grid(grid.height, grid.width, tile) if pooled else TilePlan.dense(grid.height, grid.width, tile, overlap, stride)
     warn_if_seams(model, plan)
 
-    target = torch.device(device) if device is not None else next(model.parameters()).device
-    model.to(target).eval()
-    # The same compute path as S1S2Backbone.embed: "auto" picks bfloat16 inference copies of the
-    # towers where the hardware runs bf16 natively, and the two towers run concurrently on CPU.
-    choice = choose_compute(dtype, target)
-    model.last_compute = choice
-    towers = {m: model.compute_tower(m, choice) for m in modalities}
-
-    def compute_context():
-        return inference_context(choice)
+    # The same compute path as S1S2Backbone.embed (one engine for the whole scene: the weights do
+    # not change during it): "auto" picks bfloat16 inference copies of the towers where the hardware
+    # runs bf16 natively, and the two towers run concurrently on CPU.
+    engine = model.inference_engine(dtype, device)
     level = PYRAMID_STRIDES.index(stride) if not pooled else None
     widths = [model.embed_dims[m] if pooled else model.pyramid_channels[m][level] for m in modalities]
     groups, start = [], 0
@@ -149,7 +154,8 @@ def embed_scene(
         start += width
     channels = start
     descriptions = [f"{m}_{i:04d}" for m, width in zip(modalities, widths) for i in range(width)]
-    out_grid = grid.scaled(plan.cell)
+    shift = 0.0 if pooled else cell_origin_shift(model.config.architecture, stride)
+    out_grid = grid.scaled(plan.cell, origin_shift=shift)
     tags = {
         "S1S2_VERSION": __version__,
         "S1S2_PRODUCT": "embedding",
@@ -159,6 +165,8 @@ def embed_scene(
         "S1S2_MODALITY": modality,
         "S1S2_LAYOUT": "pooled per tile" if pooled else f"dense, stride {stride}",
         "S1S2_CELL_PX": str(plan.cell),
+        "S1S2_CELL_ORIGIN_SHIFT_PX": f"{shift:g}",
+        "S1S2_COMPUTE": f"{str(engine.compute.dtype).replace('torch.', '')} on {engine.compute.device}",
         "S1S2_TILE": str(tile),
         "S1S2_OVERLAP": str(0 if pooled else overlap),
         "S1S2_CHANNELS": ", ".join(f"{m}: bands {a + 1}-{b}" for m, (a, b) in zip(modalities, groups)),
@@ -175,6 +183,7 @@ def embed_scene(
         "product": "embed", "inputs": inputs.identity(), "modality": modality, "stride": stride, "pooled": pooled,
         "tile": tile, "overlap": overlap, "fmt": fmt, "compress": compress,
         "model": model_fingerprint(model) if resume else None,
+        "compute": compute_record(engine.compute),
     }
     outputs = OutputSet([sink], params, resume=resume, checkpoint_every=checkpoint_every)
     start_row = outputs.resumable_rows()
@@ -189,22 +198,15 @@ def embed_scene(
     def infer(batch: Batch) -> np.ndarray:
         keep = ~batch.empty
         everything = bool(keep.all())  # the usual case: no copy
-
-        def job(m: str):
-            def encode():
-                data_np = batch.data[m] if everything else batch.data[m][keep]
-                valid_np = batch.valid[m] if everything else batch.valid[m][keep]
-                x = torch.from_numpy(data_np).to(target, non_blocking=True)
-                valid = None if valid_np.all() else torch.from_numpy(valid_np[:, None]).to(target)
-                out = model.encode(
-                    m, x, valid=valid, present=scene.sources[m].present, dense=not pooled, tower=towers[m]
-                )
-                return out.pooled.float()[:, :, None, None] if pooled else out.pyramid[level].float()
-            return encode
-
-        with compute_context():
-            results = run_towers({m: job(m) for m in modalities}, target, compute_context)
-        return torch.cat([results[m] for m in modalities], dim=1).cpu().numpy()
+        inputs = {
+            m: ModalityBatch.from_numpy(batch.data[m] if everything else batch.data[m][keep],
+                                        batch.valid[m] if everything else batch.valid[m][keep],
+                                        scene.sources[m].present)
+            for m in modalities
+        }
+        results = engine.encode_batch(inputs, dense=not pooled)
+        parts = [results[m].pooled[:, :, None, None] if pooled else results[m].pyramid[level] for m in modalities]
+        return torch.cat(parts, dim=1).cpu().numpy()
 
     try:
         outputs.open(start_row)
@@ -221,4 +223,4 @@ def embed_scene(
     notes = list(scene.notes)
     if scene.s2_offset_source and scene.s2_offset_source != "--s2-offset":
         notes.append(f"S2 offset {scene.s2_offset:g} from {scene.s2_offset_source}")
-    return SceneResult(written, out_grid, tiles, time.perf_counter() - started, start_row, notes)
+    return SceneResult(written, out_grid, tiles, time.perf_counter() - started, start_row, notes, engine.compute)

@@ -54,15 +54,18 @@ class Grid:
         ys = (t.f, t.f + t.e * self.height)
         return min(xs), min(ys), max(xs), max(ys)
 
-    def scaled(self, factor: int) -> "Grid":
-        """The grid of cells ``factor`` x ``factor`` pixels wide (size rounded up, origin kept)."""
-        t = self.transform
-        return Grid(
-            self.crs,
-            Affine(t.a * factor, t.b * factor, t.c, t.d * factor, t.e * factor, t.f),
-            -(-self.width // factor),
-            -(-self.height // factor),
-        )
+    def scaled(self, factor: int, origin_shift: float = 0.0) -> "Grid":
+        """The grid of cells ``factor`` x ``factor`` pixels wide (size rounded up).
+
+        Args:
+            factor: input pixels per cell side.
+            origin_shift: input pixels (along rows and columns) from this grid's origin to the first
+                cell's upper-left corner: 0 when cell ``i`` covers pixels ``[f*i, f*(i+1))``; negative
+                when the cells are centred earlier (ResNet feature maps, see
+                :func:`~s1s2_encoders.models.towers.cell_origin_shift`).
+        """
+        transform = self.transform * Affine.translation(origin_shift, origin_shift) * Affine.scale(factor)
+        return Grid(self.crs, transform, -(-self.width // factor), -(-self.height // factor))
 
     def describe(self) -> str:
         """One line: CRS, size, pixel size and origin, enough to see why two grids differ."""

@@ -25,7 +25,8 @@ from .. import __version__
 from .._warnings import warn_user
 from ..errors import ConfigError, OptionError
 from ..models.backbone import MODALITIES
-from .embed import SceneResult, warn_if_seams
+from ..models.engine import ModalityBatch
+from .embed import SceneResult, compute_record, warn_if_seams
 from .progress import Progress
 from .scene import SceneInputs, check_first_batch, model_fingerprint, open_scene
 from .stream import Batch, stream_scene
@@ -70,7 +71,7 @@ def predict_scene(
     overlap: int = 64,
     batch_size: int = 8,
     device: str | torch.device | None = None,
-    dtype: str | torch.dtype | None = None,
+    dtype: str | torch.dtype = "auto",
     compress: str = "deflate",
     overwrite: bool = False,
     resume: bool = False,
@@ -94,7 +95,8 @@ def predict_scene(
             default the model's training crop size, one map cell per tile).
         overlap: segmentation tile overlap in pixels (multiple of 32), blended smoothly.
         batch_size / device / dtype / compress / overwrite / resume / check_units / progress: as for
-            :func:`~s1s2_encoders.geo.embed_scene`.
+            :func:`~s1s2_encoders.geo.embed_scene` (the model is not moved and keeps its train/eval
+            mode: the scene computes with the model's inference engine).
 
     Raises:
         ConfigError: the model is not a task model, or has more than 255 classes.
@@ -135,8 +137,7 @@ def predict_scene(
                 "pass --probabilities for every label's probability"
             )
     warn_if_seams(model, plan)
-    target = torch.device(device) if device is not None else next(model.parameters()).device
-    model.to(target).eval()
+    engine = model.inference_engine(dtype, device)
     out_grid = grid.scaled(plan.cell)
     tags = {
         "S1S2_VERSION": __version__,
@@ -146,6 +147,7 @@ def predict_scene(
         "S1S2_NORMALIZATION": config.normalization.kind,
         "S1S2_MODALITIES": ", ".join(modalities),
         "S1S2_CELL_PX": str(plan.cell),
+        "S1S2_COMPUTE": f"{str(engine.compute.dtype).replace('torch.', '')} on {engine.compute.device}",
         "S1S2_TILE": str(plan.tile_h),
         "S1S2_OVERLAP": str(plan.overlap),
         "S1S2_S2_OFFSET": f"{scene.s2_offset:g} ({scene.s2_offset_source or 'none given'})" if "s2" in modalities else "",
@@ -163,6 +165,7 @@ def predict_scene(
         "product": "predict", "inputs": inputs.identity(), "tile": plan.tile_h, "overlap": plan.overlap,
         "compress": compress, "probabilities": str(probabilities) if probabilities else None,
         "model": model_fingerprint(model) if resume else None,
+        "compute": compute_record(engine.compute),
     }
     outputs = OutputSet(sinks, params, resume=resume, checkpoint_every=checkpoint_every)
     start_row = outputs.resumable_rows()
@@ -173,21 +176,16 @@ def predict_scene(
     else:
         first = plan.first_row_touching(start_row) if start_row else 0
         bar = Progress(len(plan.tiles(first)), label or output.name, enabled=bool(progress))
-    band_names = {m: scene.sources[m].band_names for m in modalities}
-
     def infer(batch: Batch) -> np.ndarray:
         keep = ~batch.empty
-        arrays = {}
-        for m in modalities:
-            data = batch.data[m][keep].copy()
-            valid = batch.valid[m][keep]
-            data[np.broadcast_to(~valid[:, None], data.shape)] = np.nan  # nodata="mask" leaves them out
-            arrays[m] = data
-        probs = model.predict(
-            **arrays, s1_bands=band_names.get("s1"), s2_bands=band_names.get("s2"), s2_offset=0.0,
-            batch_size=int(keep.sum()), device=target, dtype=dtype, nodata="mask", check_units=False,
-        )
-        probs = np.asarray(probs, dtype=np.float32)
+        everything = bool(keep.all())
+        inputs = {
+            m: ModalityBatch.from_numpy(batch.data[m] if everything else batch.data[m][keep],
+                                        batch.valid[m] if everything else batch.valid[m][keep],
+                                        scene.sources[m].present)
+            for m in modalities
+        }
+        probs = engine.predict_batch(inputs).cpu().numpy()
         return probs[:, :, None, None] if probs.ndim == 2 else probs
 
     try:
@@ -212,4 +210,4 @@ def predict_scene(
     notes = list(scene.notes)
     if scene.s2_offset_source and scene.s2_offset_source != "--s2-offset":
         notes.append(f"S2 offset {scene.s2_offset:g} from {scene.s2_offset_source}")
-    return SceneResult(written, out_grid, tiles, time.perf_counter() - started, start_row, notes)
+    return SceneResult(written, out_grid, tiles, time.perf_counter() - started, start_row, notes, engine.compute)

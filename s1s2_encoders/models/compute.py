@@ -1,4 +1,4 @@
-"""How ``embed`` computes: the compute dtype (``dtype="auto"``) and the cached inference copies of the towers.
+"""How ``embed`` and ``predict`` compute: the compute dtype (``dtype="auto"``) and the two concurrent towers.
 
 Kept apart from :mod:`.backbone` so that the backbone stays a plain description of the model and
 its ``forward`` stays export-friendly; everything that is only about *speed* lives here.
@@ -11,13 +11,14 @@ The choice of ``dtype="auto"``:
 * Anything else (Apple MPS, CPUs without native bfloat16, other OSes where the flags cannot be
   read): float32.
 
-How it runs:
+How it runs (:mod:`.engine` holds the towers each choice computes with):
 
-* ``"auto"`` and ``"bfloat16"`` run an **inference copy** of each tower (:mod:`.fast`: weights cast
-  to the compute dtype, BatchNorm folded, Swin window bookkeeping cached, fc1 + GELU fused),
-  cached on the model and rebuilt when its weights change; the user's modules are not touched.
+* ``"auto"`` and ``"bfloat16"`` run an **inference copy** of each tower in the chosen dtype
+  (:mod:`.fast`: weights cast, BatchNorm folded, Swin window bookkeeping cached, fc1 + GELU fused):
+  bfloat16 where the hardware has it, float32 elsewhere. The user's modules are never touched.
   bfloat16 casts the *weights*, not autocast: autocast re-casts every weight at every call and
-  keeps activations in float32 between layers, which costs about 15-25 % on CPU.
+  keeps activations in float32 between layers, which costs about 15-25 % on CPU. bfloat16 asked
+  for by name on a CPU without it runs emulated (correct, slow) with a warning.
 * ``"float32"`` runs the plain timm towers: the reference.
 * ``"float16"`` runs the plain towers under autocast (for GPUs; weights stay float32).
 
@@ -46,7 +47,8 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterable, Iterator, TypeVar
 
 import torch
-from torch import nn
+
+from .._warnings import warn_user
 
 log = logging.getLogger("s1s2_encoders")
 T = TypeVar("T")
@@ -141,14 +143,15 @@ _ALIASES = {
 }
 
 
-def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    """``None``/``"auto"`` -> ``None`` (decide per device); names and torch dtypes -> the dtype.
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype | None:
+    """``"auto"`` -> ``None`` (decide per device); names and torch dtypes -> the dtype.
 
     Raises:
-        ValueError: for anything but float32, bfloat16, float16 or auto.
+        ValueError: for anything but float32, bfloat16, float16 or auto (``None`` included: the
+            default is spelled ``"auto"``, the float32 reference ``"float32"``).
     """
     if dtype is None:
-        return None
+        raise ValueError("dtype=None is not accepted: use 'auto' (the default) or 'float32' (the reference path)")
     if isinstance(dtype, torch.dtype):
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
@@ -168,14 +171,15 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
 _logged: set[tuple[str, str, str]] = set()
 
 
-def choose_compute(dtype: str | torch.dtype | None, device: torch.device) -> ComputeChoice:
-    """Resolve the ``dtype`` argument of ``embed`` on ``device`` into a :class:`ComputeChoice`.
+def choose_compute(dtype: str | torch.dtype, device: torch.device) -> ComputeChoice:
+    """Resolve the ``dtype`` argument of ``embed`` / ``predict`` on ``device`` into a :class:`ComputeChoice`.
 
-    ``"auto"`` (or ``None``) follows :func:`auto_dtype` unless the environment variable
-    :data:`DTYPE_ENV` names a dtype. The first time a choice is made for a device it is logged at
-    INFO level on the ``s1s2_encoders`` logger.
+    ``"auto"`` follows :func:`auto_dtype` unless the environment variable :data:`DTYPE_ENV` names a
+    dtype. The first time a choice is made for a device it is logged at INFO level on the
+    ``s1s2_encoders`` logger. bfloat16 asked for on a CPU without native bfloat16 runs (oneDNN
+    emulates it, correctly but several times slower than float32) with a one-time warning.
     """
-    requested = "auto" if dtype is None else str(dtype).replace("torch.", "")
+    requested = str(dtype).replace("torch.", "")
     explicit = parse_dtype(dtype)
     if explicit is not None:
         chosen, reason = explicit, "asked for"
@@ -201,57 +205,13 @@ def choose_compute(dtype: str | torch.dtype | None, device: torch.device) -> Com
     if key not in _logged:
         _logged.add(key)
         log.info("embed computes in %s", choice)
+    if chosen == torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bf16():
+        warn_user(
+            "bfloat16 on this CPU is emulated (no avx512_bf16 / amx_bf16): results are correct but "
+            "typically several times slower than float32. dtype='auto' picks float32 here; use it, or "
+            "dtype='float32', unless you need bfloat16 numerics."
+        )
     return choice
-
-
-def _signature(module: nn.Module) -> tuple[tuple[int, int, str], ...]:
-    """Cheap fingerprint of a module's tensors: storage address, in-place version, device.
-
-    ``load_state_dict`` / optimiser steps bump the version counters, ``.to()`` and re-assigned
-    parameters change the addresses: any of them invalidates a cached copy.
-    """
-    return tuple((t.data_ptr(), t._version, str(t.device)) for t in (*module.parameters(), *module.buffers()))
-
-
-class InferenceTowers:
-    """Cached inference copies of the towers (:func:`.fast.inference_tower`), rebuilt when the source changes.
-
-    Stored on the backbone as a plain attribute (not a submodule), so the copies never appear in
-    ``state_dict()`` or ``parameters()``. Copies are not pickled or deep-copied with the model
-    (they are rebuilt on first use), and a copy made from weights that have since changed is
-    dropped on the next request for that tower, on any device.
-    """
-
-    def __init__(self) -> None:
-        self._entries: dict[tuple[str, str, torch.dtype], tuple[tuple, nn.Module]] = {}
-
-    def __getstate__(self) -> dict:
-        return {"_entries": {}}
-
-    def __setstate__(self, state: dict) -> None:
-        self._entries = {}
-
-    def get(self, name: str, tower: nn.Module, architecture: str, dtype: torch.dtype, device: torch.device) -> nn.Module:
-        """The ``dtype`` inference copy of ``tower`` on ``device`` (built on first use)."""
-        from .fast import inference_tower
-
-        key = (name, str(device), dtype)
-        signature = _signature(tower)
-        entry = self._entries.get(key)
-        if entry is not None and entry[0] == signature:
-            return entry[1]
-        for stale in [k for k, (sig, _) in self._entries.items() if k[0] == name and sig != signature]:
-            del self._entries[stale]  # free stale copies (old weights, old device) before building
-        with torch.no_grad():
-            copied = inference_tower(tower, architecture, dtype, device)
-        self._entries[key] = (signature, copied)
-        return copied
-
-    def clear(self) -> None:
-        self._entries.clear()
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
 
 _tower_pool: ThreadPoolExecutor | None = None
@@ -321,18 +281,3 @@ def run_towers(
         torch.set_num_threads(total)
         first = future.result()  # wait even when the second job failed; re-raises the helper's error
     return {names[0]: first, names[1]: second}
-
-
-def input_memory_format(tower: nn.Module) -> torch.memory_format:
-    """``channels_last`` if the tower's stem convolution is stored channels-last, else contiguous."""
-    for parameter in tower.parameters():
-        if parameter.dim() == 4:
-            if parameter.is_contiguous(memory_format=torch.channels_last) and not parameter.is_contiguous():
-                return torch.channels_last
-            break
-    return torch.contiguous_format
-
-
-def tower_dtype(tower: nn.Module) -> torch.dtype:
-    """dtype of the tower's weights (what its input must be cast to)."""
-    return next(tower.parameters()).dtype

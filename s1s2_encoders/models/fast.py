@@ -1,6 +1,6 @@
 """Inference-optimised copies of the timm towers: same weights, same mathematics, less overhead.
 
-:func:`inference_tower` deep-copies a tower and rewrites the parts that cost time without doing
+:class:`InferenceTower` deep-copies a tower once and rewrites the parts that cost time without doing
 arithmetic, so that ``embed`` spends its time in matrix products. The copy keeps timm's module tree
 and methods (``forward_features``, ``forward_intermediates``), so the feature read-out code is the
 same for both. What is changed, and why it is exact:
@@ -14,18 +14,30 @@ Swin (``SwinTransformerBlock``)
       bias table and (with ``strict_img_size=False``) rebuilds the mask with Python loops at every
       call; the sum ``bias + mask`` per window is cached per feature-map size. Identical up to the
       order of one addition in the masked (-100) entries, which softmax sends to 0 either way.
-    * **Attention scale folded into the query weights**: ``q * scale`` is an extra pass over the
-      queries (and a copy of the strided view); multiplying the query rows of the ``qkv`` weight and
-      bias by ``scale`` (in float32, before the cast) gives the same scores up to rounding.
+    * **Attention scale folded into the query weights** (bfloat16 copies): ``q * scale`` is an extra
+      pass over the queries; multiplying the query rows of the ``qkv`` weight and bias by ``scale``
+      (in float32, before the cast) gives the same scores up to rounding.
     * **fc1 + GELU fused** (CPU): oneDNN's linear with a GELU post-op
       (``torch.ops.mkldnn._linear_pointwise``) instead of a separate, memory-bound GELU pass over
       the largest activation of the block. The same erf GELU; rounding differs in the last bit.
-      Used only where the op exists and reproduces ``F.gelu(F.linear(...))`` (checked once).
+      Used only for a dtype where the op exists on this CPU and reproduces ``F.gelu(F.linear(...))``
+      (checked once per dtype: oneDNN has no bfloat16 inner product on CPUs without AVX-512).
 
 ResNet
-    * **BatchNorm folded into the preceding convolution** (eval-mode statistics):
-      ``torch.nn.utils.fusion.fuse_conv_bn_eval``, exact up to float32 rounding.
+    * **BatchNorm folded into the preceding convolution** (eval-mode statistics), exact up to
+      float32 rounding.
     * **channels_last** memory format, which oneDNN convolutions run without layout reorders.
+
+**Freshness.** A copy never computes with weights the source no longer has: :meth:`InferenceTower.refresh`
+re-derives every tensor of the copy (cast, folded BatchNorm, scaled queries) from the source's
+*current* tensors, looked up by name, and drops the caches that depend on weights (the summed
+relative-position bias). It is one pass over the weights (~10 ms per Swin-T tower on CPU), so it
+catches every kind of edit, including ``param.data`` writes and ``vector_to_parameters`` that leave
+no trace in version counters. A source whose structure changed (a module replaced, a tensor
+reshaped) makes :meth:`InferenceTower.matches` false and the copy is rebuilt.
+
+**Bounded caches.** The per-size window bookkeeping is an LRU of :data:`WINDOW_CACHE_SIZES` feature
+map sizes per block, so workloads with many input sizes keep flat memory.
 
 Anything that does not look like the expected timm structure is left untouched (the copy is then
 just a cast copy), so a future timm release degrades speed, never results; the tests compare the
@@ -37,7 +49,8 @@ from __future__ import annotations
 import copy
 import functools
 import types
-from typing import Any
+from collections import OrderedDict
+from typing import Any, Callable, Hashable
 
 import torch
 import torch.nn.functional as F
@@ -45,57 +58,204 @@ from torch import nn
 
 from .towers import is_swin
 
-
-def inference_tower(tower: nn.Module, architecture: str, dtype: torch.dtype, device: torch.device) -> nn.Module:
-    """An eval-mode, gradient-free copy of ``tower`` in ``dtype`` on ``device``, optimised for inference."""
-    copied = copy.deepcopy(tower).eval()
-    if is_swin(architecture):
-        _fold_attention_scales(copied)  # in float32, before the cast
-    else:
-        _fold_batchnorms(copied)  # in float32, before the cast
-    copied = copied.to(device=device, dtype=dtype)
-    if is_swin(architecture):
-        _patch_swin(copied, device)
-    else:
-        copied = copied.to(memory_format=torch.channels_last)
-    for parameter in copied.parameters():
-        parameter.requires_grad_(False)
-    return copied
+WINDOW_CACHE_SIZES = 4
+"""Feature-map sizes whose window indices and biases each Swin block keeps (least recently used go)."""
 
 
-# ---------------------------------------------------------------------------------------------- ResNet
-def _fold_batchnorms(module: nn.Module) -> int:
-    """Fold every eval-mode BatchNorm2d into the Conv2d that feeds it; returns how many were folded.
+class LRUCache:
+    """A small least-recently-used mapping (the window caches of one block)."""
 
-    Pairs are found as ``convN``/``bnN`` attributes of one parent (timm's ResNet stem and blocks)
-    and as a Conv2d directly followed by a BatchNorm2d in an ``nn.Sequential`` (downsample paths).
+    def __init__(self, maxsize: int):
+        self.maxsize = maxsize
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+
+    def get(self, key: Hashable) -> Any:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: Hashable, value: Any) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.maxsize:
+            self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def values(self):
+        return self._items.values()
+
+
+def _named_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {**dict(module.named_parameters()), **dict(module.named_buffers())}
+
+
+def structure_of(module: nn.Module) -> tuple[tuple[str, tuple[int, ...], torch.dtype], ...]:
+    """Names, shapes and dtypes of a module's parameters and buffers: what a copy's layout depends on."""
+    return tuple((name, tuple(t.shape), t.dtype) for name, t in _named_tensors(module).items())
+
+
+class InferenceTower:
+    """An eval-mode, gradient-free copy of a tower in ``dtype`` on ``device``, optimised for inference,
+    that can be brought up to date with its source.
+
+    Attributes:
+        module: the copy (call its ``forward_features`` / ``forward_intermediates`` as timm's).
+        dtype / device: what it computes in and where.
+        optimized: ``False`` for a plain cast copy (``optimize=False``: the reference towers on
+            another device), ``True`` for the rewritten one.
     """
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-    folded = 0
-    for parent in list(module.modules()):
-        children = dict(parent.named_children())
-        pairs: list[tuple[str, str]] = []
-        if isinstance(parent, nn.Sequential):
-            names = list(children)
-            pairs += [(a, b) for a, b in zip(names, names[1:])]
-        pairs += [(f"conv{n[2:]}", n) for n in children if n.startswith("bn") and f"conv{n[2:]}" in children]
-        for conv_name, bn_name in pairs:
-            conv, bn = children.get(conv_name), children.get(bn_name)
-            if isinstance(conv, nn.Conv2d) and type(bn) is nn.BatchNorm2d and bn.track_running_stats:
-                setattr(parent, conv_name, fuse_conv_bn_eval(conv, bn))
+    def __init__(self, source: nn.Module, architecture: str, dtype: torch.dtype, device: torch.device,
+                 optimize: bool = True):
+        self.architecture = architecture
+        self.dtype = dtype
+        self.device = device
+        self.optimized = optimize
+        self._structure = structure_of(source)
+        # Each derivation re-computes some of the copy's tensors from the source's named tensors.
+        self._derivations: list[Callable[[dict[str, torch.Tensor]], None]] = []
+        self._caches: list[LRUCache] = []  # weight-dependent caches, dropped at every refresh
+        with torch.no_grad():
+            copied = copy.deepcopy(source).eval()
+            copied.to(device=device)
+            if optimize and is_swin(architecture):
+                derived = self._fold_attention_scales(copied)
+            elif optimize:
+                derived = self._fold_batchnorms(copied)
+            else:
+                derived = set()
+            copied.to(dtype=dtype)
+            targets = _named_tensors(copied)
+            plain = [name for name in targets if name not in derived and targets[name].is_floating_point()]
+            self._derivations.append(functools.partial(self._copy_by_name, plain))
+            if optimize and is_swin(architecture):
+                self._caches = _patch_swin(copied, device, dtype)
+            elif optimize:
+                copied = copied.to(memory_format=torch.channels_last)
+                targets.update(_named_tensors(copied))  # channels_last made new conv weight tensors
+            for parameter in copied.parameters():
+                parameter.requires_grad_(False)
+        self.module = copied
+        self._targets = targets
+        self.refresh(source)
+
+    def matches(self, source: nn.Module) -> bool:
+        """Whether ``source`` still has the layout this copy was built from (else rebuild it)."""
+        return structure_of(source) == self._structure
+
+    def refresh(self, source: nn.Module) -> None:
+        """Re-derive every tensor of the copy from ``source``'s current values.
+
+        Raises:
+            ValueError: ``source`` no longer has the layout of the copy (see :meth:`matches`).
+        """
+        if not self.matches(source):
+            raise ValueError("the tower's parameters or buffers changed layout; build a new InferenceTower")
+        tensors = _named_tensors(source)
+        with torch.no_grad():
+            for derive in self._derivations:
+                derive(tensors)
+        for cache in self._caches:
+            cache.clear()
+
+    # -------------------------------------------------------------------------------- rewrites
+    def _fold_attention_scales(self, copied: nn.Module) -> set[str]:
+        """Multiply the query rows of every WindowAttention's ``qkv`` by its ``scale`` (bfloat16 copies
+        only) and set the scale to 1, so that timm's own (non-fused) forward stays correct too.
+
+        Attention modules on timm's fused path are skipped: ``scaled_dot_product_attention`` applies
+        its own default scale, not ``attn.scale``. In float32 the scale stays a separate multiply: the
+        saving is small and a shared rounding with the reference is worth more there.
+        """
+        from timm.models.swin_transformer import WindowAttention
+
+        if self.dtype == torch.float32:
+            return set()
+        derived: set[str] = set()
+        for name, attn in copied.named_modules():
+            if (
+                not isinstance(attn, WindowAttention) or not isinstance(getattr(attn, "qkv", None), nn.Linear)
+                or getattr(attn, "fused_attn", False) or not isinstance(getattr(attn, "scale", None), float)
+            ):
+                continue
+            rows, scale = attn.qkv.out_features // 3, attn.scale
+            for kind in ("weight", "bias"):
+                if getattr(attn.qkv, kind) is not None:
+                    key = f"{name}.qkv.{kind}"
+                    derived.add(key)
+                    self._derivations.append(functools.partial(self._scaled_rows, key, rows, scale))
+            attn.scale = 1.0
+        return derived
+
+    def _fold_batchnorms(self, copied: nn.Module) -> set[str]:
+        """Fold every eval-mode BatchNorm2d into the Conv2d that feeds it.
+
+        Pairs are found as ``convN``/``bnN`` attributes of one parent (timm's ResNet stem and blocks)
+        and as a Conv2d directly followed by a BatchNorm2d in an ``nn.Sequential`` (downsample
+        paths). Returns the names of the copy's tensors that the folding derives.
+        """
+        derived: set[str] = set()
+        for parent_name, parent in list(copied.named_modules()):
+            children = dict(parent.named_children())
+            pairs: list[tuple[str, str]] = []
+            if isinstance(parent, nn.Sequential):
+                names = list(children)
+                pairs += [(a, b) for a, b in zip(names, names[1:])]
+            pairs += [(f"conv{n[2:]}", n) for n in children if n.startswith("bn") and f"conv{n[2:]}" in children]
+            prefix = f"{parent_name}." if parent_name else ""
+            for conv_name, bn_name in pairs:
+                conv, bn = children.get(conv_name), children.get(bn_name)
+                if not (isinstance(conv, nn.Conv2d) and type(bn) is nn.BatchNorm2d and bn.track_running_stats
+                        and bn.affine):
+                    continue
+                if conv.bias is None:
+                    conv.bias = nn.Parameter(torch.zeros(conv.out_channels, device=conv.weight.device))
                 setattr(parent, bn_name, nn.Identity())
-                children[conv_name], children[bn_name] = getattr(parent, conv_name), getattr(parent, bn_name)
-                folded += 1
-    return folded
+                children[bn_name] = getattr(parent, bn_name)
+                conv_key, bn_key = prefix + conv_name, prefix + bn_name
+                derived.update({f"{conv_key}.weight", f"{conv_key}.bias"})
+                self._derivations.append(functools.partial(self._fold_one, conv_key, bn_key, bn.eps))
+        return derived
+
+    def _fold_one(self, conv_key: str, bn_key: str, eps: float, tensors: dict[str, torch.Tensor]) -> None:
+        weight = tensors[f"{conv_key}.weight"].float()
+        bias = tensors.get(f"{conv_key}.bias")
+        scale = tensors[f"{bn_key}.weight"].float() * torch.rsqrt(tensors[f"{bn_key}.running_var"].float() + eps)
+        mean = tensors[f"{bn_key}.running_mean"].float()
+        shift = tensors[f"{bn_key}.bias"].float() - mean * scale
+        if bias is not None:
+            shift = shift + bias.float() * scale
+        self._target(f"{conv_key}.weight").copy_(weight * scale.view(-1, 1, 1, 1))
+        self._target(f"{conv_key}.bias").copy_(shift)
+
+    def _copy_by_name(self, names: list[str], tensors: dict[str, torch.Tensor]) -> None:
+        for name in names:
+            self._target(name).copy_(tensors[name])
+
+    def _scaled_rows(self, key: str, rows: int, scale: float, tensors: dict[str, torch.Tensor]) -> None:
+        source, target = tensors[key].float(), self._target(key)
+        target[:rows].copy_(source[:rows] * scale)
+        target[rows:].copy_(source[rows:])
+
+    def _target(self, name: str) -> torch.Tensor:
+        # Looked up at call time: the channels_last conversion replaces the conv weight tensors.
+        return self._targets[name]
 
 
 # ---------------------------------------------------------------------------------------------- Swin
-def _patch_swin(tower: nn.Module, device: torch.device) -> None:
+def _patch_swin(tower: nn.Module, device: torch.device, dtype: torch.dtype) -> list[LRUCache]:
+    """Give every timm Swin block the cached window attention; returns the weight-dependent caches."""
     from timm.layers import Mlp
     from timm.models.swin_transformer import SwinTransformerBlock, WindowAttention
 
-    fuse_gelu = device.type == "cpu" and _linear_gelu_available()
+    fuse_gelu = device.type == "cpu" and linear_gelu_available(dtype)
+    caches: list[LRUCache] = []
     for block in tower.modules():
         if not isinstance(block, SwinTransformerBlock):
             continue
@@ -107,7 +267,9 @@ def _patch_swin(tower: nn.Module, device: torch.device) -> None:
             )
         ):
             continue
-        block._s1s2_windows = {}  # (H, W, dtype, device) -> (gather, scatter, bias + mask)
+        block._s1s2_windows = LRUCache(WINDOW_CACHE_SIZES)  # (H, W) -> (gather, scatter, mask, padded)
+        block._s1s2_bias = LRUCache(WINDOW_CACHE_SIZES)  # (H, W) -> bias + mask, depends on weights
+        caches.append(block._s1s2_bias)
         block._attn = types.MethodType(_fast_block_attention, block)
         mlp = getattr(block, "mlp", None)
         if (
@@ -115,32 +277,7 @@ def _patch_swin(tower: nn.Module, device: torch.device) -> None:
             and isinstance(mlp.norm, nn.Identity) and isinstance(mlp.fc1, nn.Linear)
         ):
             mlp.forward = types.MethodType(_mlp_fused_gelu, mlp)
-
-
-def _fold_attention_scales(tower: nn.Module) -> int:
-    """Multiply the query rows of every WindowAttention's ``qkv`` by its ``scale`` and set the scale
-    to 1, so that timm's own (non-fused) forward stays correct too; returns how many were folded.
-
-    Attention modules on timm's fused path are skipped: ``scaled_dot_product_attention`` applies its
-    own default scale, not ``attn.scale``.
-    """
-    from timm.models.swin_transformer import WindowAttention
-
-    folded = 0
-    for attn in tower.modules():
-        if (
-            not isinstance(attn, WindowAttention) or not isinstance(getattr(attn, "qkv", None), nn.Linear)
-            or getattr(attn, "fused_attn", False) or not isinstance(getattr(attn, "scale", None), float)
-        ):
-            continue
-        rows = attn.qkv.out_features // 3
-        with torch.no_grad():
-            attn.qkv.weight[:rows] *= attn.scale
-            if attn.qkv.bias is not None:
-                attn.qkv.bias[:rows] *= attn.scale
-        attn.scale = 1.0
-        folded += 1
-    return folded
+    return caches
 
 
 def _window_permutation(h: int, w: int, window: tuple[int, int], shift: tuple[int, int], device: torch.device):
@@ -164,18 +301,15 @@ def _window_permutation(h: int, w: int, window: tuple[int, int], shift: tuple[in
     return gather, scatter
 
 
-def _window_bias(block: nn.Module, hp: int, wp: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``(nW or 1, heads, N, N)``: relative-position bias plus the shifted-window mask, summed once."""
-    bias = block.attn._get_rel_pos_bias()[0].float()  # (heads, N, N)
-    if any(block.shift_size):
-        if getattr(block, "dynamic_mask", False):
-            mask = block.get_attn_mask(torch.zeros(1, hp, wp, 1, device=device))  # (nW, N, N) of 0 / -100
-        else:
-            mask = block.attn_mask
-        bias = mask.float().unsqueeze(1) + bias.unsqueeze(0)
+def _window_mask(block: nn.Module, hp: int, wp: int, device: torch.device) -> torch.Tensor | None:
+    """``(nW, 1, N, N)`` float32 shifted-window mask (0 / -100) for a map padded to ``hp x wp``, or None."""
+    if not any(block.shift_size):
+        return None
+    if getattr(block, "dynamic_mask", False):
+        mask = block.get_attn_mask(torch.zeros(1, hp, wp, 1, device=device))
     else:
-        bias = bias.unsqueeze(0)
-    return bias.to(dtype).contiguous()
+        mask = block.attn_mask
+    return mask.float().unsqueeze(1)
 
 
 def _fast_block_attention(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -186,19 +320,24 @@ def _fast_block_attention(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return SwinTransformerBlock._attn(self, x)
     b, h, w, c = x.shape
     wh, ww = self.window_size
-    key = (h, w, x.dtype, x.device)
-    cached = self._s1s2_windows.get(key)
-    if cached is None:
+    windows = self._s1s2_windows.get((h, w))
+    if windows is None:
         gather, scatter = _window_permutation(h, w, self.window_size, self.shift_size, x.device)
         hp, wp = -(-h // wh) * wh, -(-w // ww) * ww
-        cached = (gather, scatter, _window_bias(self, hp, wp, x.dtype, x.device), hp * wp != h * w)
-        self._s1s2_windows[key] = cached
-    gather, scatter, bias, padded = cached
+        windows = (gather, scatter, _window_mask(self, hp, wp, x.device), hp * wp != h * w)
+        self._s1s2_windows.put((h, w), windows)
+    gather, scatter, mask, padded = windows
+    bias = self._s1s2_bias.get((h, w))
+    if bias is None:
+        bias = self.attn._get_rel_pos_bias()[0].float().unsqueeze(0)  # (1, heads, N, N)
+        if mask is not None:
+            bias = mask + bias
+        bias = bias.to(x.dtype).contiguous()
+        self._s1s2_bias.put((h, w), bias)
     tokens = x.reshape(b, h * w, c)
     if padded:  # a zero token at index h*w stands for timm's zero padding
         tokens = torch.cat([tokens, tokens.new_zeros(b, 1, c)], dim=1)
-    windows = tokens.index_select(1, gather).view(-1, wh * ww, c)
-    out = window_attention(self.attn, windows, bias)
+    out = window_attention(self.attn, tokens.index_select(1, gather).view(-1, wh * ww, c), bias)
     return out.view(b, -1, c).index_select(1, scatter).view(b, h, w, c)
 
 
@@ -228,9 +367,13 @@ def _mlp_fused_gelu(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return self.fc2(hidden.view(*shape[:-1], -1))
 
 
-@functools.lru_cache(maxsize=1)
-def _linear_gelu_available() -> bool:
-    """Whether oneDNN's fused linear + GELU exists here and matches ``gelu(linear(x))``."""
+@functools.lru_cache(maxsize=None)
+def linear_gelu_available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether oneDNN's fused linear + GELU exists here for ``dtype`` and matches ``gelu(linear(x))``.
+
+    Checked per dtype: on CPUs without AVX-512 oneDNN has no bfloat16 inner product and the op raises
+    "could not create a primitive descriptor", while the float32 one works.
+    """
     try:
         op: Any = torch.ops.mkldnn._linear_pointwise
         generator = torch.Generator().manual_seed(0)
@@ -238,8 +381,26 @@ def _linear_gelu_available() -> bool:
         weight = torch.randn(24, 16, generator=generator) / 4
         bias = torch.randn(24, generator=generator)
         with torch.no_grad():
-            fused = op(x, weight, bias, "gelu", [], "none")
-            reference = F.gelu(F.linear(x, weight, bias))
-        return bool(torch.allclose(fused, reference, rtol=1e-4, atol=1e-5))
-    except Exception:  # the op is missing (no oneDNN build) or has another signature
+            fused = op(x.to(dtype), weight.to(dtype), bias.to(dtype), "gelu", [], "none").float()
+            reference = F.gelu(F.linear(x.to(dtype), weight.to(dtype), bias.to(dtype)).float())
+        tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+        return bool(torch.allclose(fused, reference, rtol=tolerance * 10, atol=tolerance))
+    except Exception:  # the op is missing (no oneDNN build), refuses this dtype, or has another signature
         return False
+
+
+def cached_window_tensors(tower: nn.Module) -> tuple[int, int]:
+    """``(entries, bytes)`` held by the window caches of a patched Swin copy (for tests and memory reports)."""
+    entries = size = 0
+    for block in tower.modules():
+        for cache in (getattr(block, "_s1s2_windows", None), getattr(block, "_s1s2_bias", None)):
+            if cache is None:
+                continue
+            entries += len(cache)
+            for value in cache.values():
+                items = value if isinstance(value, tuple) else (value,)
+                size += sum(t.numel() * t.element_size() for t in items if isinstance(t, torch.Tensor))
+    return entries, size
+
+
+__all__ = ["InferenceTower", "LRUCache", "WINDOW_CACHE_SIZES", "linear_gelu_available", "window_attention"]

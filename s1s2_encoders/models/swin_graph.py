@@ -14,8 +14,8 @@ example's size. This module computes the same numbers without asking them:
   indices computed from ``arange`` (data, not shapes), so no reshape depends on a size being 1;
 * the shifted-window mask is computed from the same indices, with timm's region boundaries (timm
   rolls the unpadded map, then pads, and draws the regions from the padded end);
-* pooling averages the real ``ceil(H/32) x ceil(W/32)`` cells of the last map through a mask
-  instead of a crop.
+* pooling averages the real ``ceil(H/32) x ceil(W/32)`` cells of the last map, each weighted by the
+  input pixels it covers, through weights computed from ``arange`` instead of a crop.
 
 The result equals :meth:`S1S2Backbone.encode`'s pooled feature for a Swin tower (tested for
 sizes that are and are not multiples of 32 and of the windows), to float32 rounding.
@@ -115,7 +115,8 @@ def swin_pooled(tower: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Pooled feature ``(B, C)`` of a timm Swin tower for a normalised input ``(B, bands, H, W)``.
 
     Equal to padding ``x`` with zeros to a multiple of 32, running ``tower.forward_features`` and
-    averaging the ``ceil(H/32) x ceil(W/32)`` cells that cover the input, but written so that
+    averaging the ``ceil(H/32) x ceil(W/32)`` cells that cover the input weighted by their in-image
+    pixels (:func:`~.towers.tower_output`), but written so that
     ``torch.export`` keeps ``B``, ``H`` and ``W`` symbolic (see the module docstring).
     """
     _, _, h, w = x.shape
@@ -135,7 +136,11 @@ def swin_pooled(tower: nn.Module, x: torch.Tensor) -> torch.Tensor:
         for block in layer.blocks:
             x = _block_forward(block, x, real_h, real_w)
     x = tower.norm(x)
-    inside = ((torch.arange(x.shape[1], device=x.device) < cells_h)[:, None]
-              & (torch.arange(x.shape[2], device=x.device) < cells_w)[None, :])
-    total = _zero_outside(x.flatten(1, 2), inside.flatten()).sum(dim=1)
-    return total / (cells_h * cells_w)
+    # Each real cell weighs the input pixels it covers, as the backbone's pooling (towers.pool_cells);
+    # cells of the window padding weigh 0 and are zeroed first (they may hold inf/NaN).
+    rows = (h - TOTAL_STRIDE * torch.arange(x.shape[1], device=x.device)).clamp(0, TOTAL_STRIDE)
+    cols = (w - TOTAL_STRIDE * torch.arange(x.shape[2], device=x.device)).clamp(0, TOTAL_STRIDE)
+    weight = (rows[:, None] * cols[None, :]).flatten().to(x.dtype)
+    inside = weight > 0
+    total = (_zero_outside(x.flatten(1, 2), inside) * weight[None, :, None]).sum(dim=1)
+    return total / weight.sum()

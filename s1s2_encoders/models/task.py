@@ -21,7 +21,6 @@ and is not part of the weights, as for backbones.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -34,21 +33,14 @@ from torch import nn
 from ..classes import DFC2020_CLASS_COLORS, DFC2020_CLASS_NAMES, default_class_colors
 from ..config import ModelConfig
 from ..errors import ConfigError, InputShapeError
-from ..inputs import ArrayLike, NodataPolicy, PreparedInput
+from ..inputs import ArrayLike, NodataPolicy, prepare_pair
 from ..preprocess import InputNormalizer
-from .backbone import (
-    MODALITIES,
-    DTypeArg,
-    Modality,
-    S1S2Backbone,
-    _pad_to_stride,
-    pool_valid_cells,
-    prepare_pair,
-)
+from .backbone import MODALITIES, DTypeArg, Modality, S1S2Backbone
 from .compute import choose_compute, parse_dtype
+from .engine import EngineCache, TaskInferenceEngine, check_batch_size, compute_device
 from .factory import load_backbone
 from .heads import FusionSegmentationHead, LinearClassifier, SwinUNetDecoder, UNetDecoder, swin_skip_features
-from .towers import TOTAL_STRIDE, create_tower, feature_pyramid, is_swin, last_feature_map, pyramid_channels
+from .towers import create_tower, feature_pyramid, is_swin, pad_to_stride, pyramid_channels, tower_output
 
 Fusion = Literal["late", "early", "s1", "s2"]
 FUSIONS: tuple[str, ...] = ("late", "early", "s1", "s2")
@@ -244,6 +236,7 @@ class S1S2TaskModel(nn.Module):
         self.s1_normalizer = InputNormalizer(norm.kind, norm.s1, n1, norm.eps)
         self.s2_normalizer = InputNormalizer(norm.kind, norm.s2, n2, norm.eps)
         self._backbone_frozen = False
+        self._engines = EngineCache()  # predict's own engines (never in state_dict(), never pickled)
 
     # ------------------------------------------------------------------ introspection
     @property
@@ -415,7 +408,7 @@ class S1S2TaskModel(nn.Module):
         s2_offset: float | None = None,
         batch_size: int = 32,
         device: str | torch.device | None = None,
-        dtype: DTypeArg = None,
+        dtype: DTypeArg = "auto",
         nodata: NodataPolicy = "raise",
         check_units: bool = True,
     ) -> Any:
@@ -427,9 +420,11 @@ class S1S2TaskModel(nn.Module):
                 modalities the model reads (:attr:`modalities`).
             s1_bands / s2_bands / s2_offset / check_units: as for :meth:`S1S2Backbone.embed`.
             batch_size: samples per forward pass.
-            device: where to compute (default: where the model is).
-            dtype: ``"float32"`` (default), ``"bfloat16"`` (autocast; outputs are float32) or
-                ``"auto"`` (bfloat16 where the device runs it natively, else float32).
+            device: where to compute (default: where the model is). The model itself is not moved
+                (another device computes with a copy) and keeps its train/eval mode.
+            dtype: ``"auto"`` (default: bfloat16 autocast where the device runs it natively, else
+                float32), ``"float32"`` (the reference), ``"bfloat16"`` or ``"float16"`` (autocast);
+                outputs are float32.
             nodata: ``"raise"`` on NaN/inf input, or ``"mask"``: invalid pixels are zero after
                 normalisation; a segmenter gives NaN probabilities at every pixel where a modality
                 it reads has no valid data, a classifier pools each modality over its valid pixels
@@ -441,8 +436,7 @@ class S1S2TaskModel(nn.Module):
             float32, always with a batch dimension; numpy in -> numpy out, tensor in -> tensor out
             on the input's device.
         """
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        check_batch_size(batch_size)
         parse_dtype(dtype)  # reject a bad dtype before any work
         given = {"s1": s1, "s2": s2}
         for modality in MODALITIES:
@@ -456,34 +450,14 @@ class S1S2TaskModel(nn.Module):
                     f"do not pass {modality}"
                 )
         prepared = prepare_pair(self.config, s1, s2, s1_bands, s2_bands, s2_offset, nodata, check_units)
-        parameter = next(self.parameters())
-        target = torch.device(device) if device is not None else parameter.device
-        if target != parameter.device:
-            self.to(target)
-        # None is float32 here (the reference); "auto" is the device's choice. Either is applied with
-        # autocast: the decoders read the towers' intermediate maps, which the backbone's inference copies skip.
-        compute_dtype = choose_compute("float32" if dtype is None else dtype, target).dtype
-        n = next(iter(prepared.values())).data.shape[0]
-        autocast = (
-            torch.autocast(device_type=target.type, dtype=compute_dtype)
-            if compute_dtype != torch.float32
-            else contextlib.nullcontext()
-        )
-        chunks: list[torch.Tensor] = []
-        with _eval_mode(self), torch.inference_mode(), autocast:
-            for start in range(0, n, batch_size):
-                stop = min(start + batch_size, n)
-                normalized, valid = {}, {}
-                for modality, item in prepared.items():
-                    mask = item.valid[start:stop].to(target) if item.valid is not None else None
-                    valid[modality] = mask
-                    normalized[modality] = self.normalize(
-                        modality, item.data[start:stop].to(target), valid=mask, present=item.present  # type: ignore[arg-type]
-                    )
-                chunks.append(self.probabilities(self.logits(normalized, valid).float(), valid))
-        first: PreparedInput = next(iter(prepared.values()))
-        out = torch.cat(chunks)
-        return out.cpu().numpy() if first.was_numpy else out.to(first.source_device)
+        engine = self._engines.fresh(self, dtype, device, lambda choice: TaskInferenceEngine(self, choice))
+        return engine.predict_prepared(prepared, batch_size=batch_size)
+
+    def inference_engine(self, dtype: DTypeArg = "auto", device: str | torch.device | None = None) -> TaskInferenceEngine:
+        """A :class:`~s1s2_encoders.models.engine.TaskInferenceEngine` of this model for many batches
+        (``engine.predict_batch``): on the model's device it computes with the model itself; on another
+        device with a copy, a snapshot until ``engine.refresh()``. The model is not moved."""
+        return TaskInferenceEngine(self, choose_compute(dtype, compute_device(self, device)))
 
     def probabilities(self, logits: torch.Tensor, valid: dict[str, torch.Tensor | None] | None = None) -> torch.Tensor:
         """Logits -> probabilities (softmax over classes; sigmoid for multi-label classifiers)."""
@@ -511,17 +485,12 @@ class S1S2Classifier(S1S2TaskModel):
     def pooled_features(
         self, normalized: dict[str, torch.Tensor], valid: dict[str, torch.Tensor | None] | None = None
     ) -> torch.Tensor:
-        """``(B, D)``: each tower's stride-32 map averaged over the cells covering the input (over
-        valid pixels when masks are given), concatenated in branch order."""
+        """``(B, D)``: each tower's pooled feature, as the backbone's (:func:`~.towers.tower_output`: the
+        stride-32 map averaged with every cell weighted by its valid input pixels), in branch order."""
         valid = valid or {}
-        pooled = []
-        for branch, x in self.branch_inputs(normalized).items():
-            mask = _branch_mask(branch, valid)
-            h, w = x.shape[-2:]
-            padded, mask_padded = _pad_to_stride(x, mask)
-            last = last_feature_map(self.towers[branch], self.config.architecture, padded)
-            last = last[..., : math.ceil(h / TOTAL_STRIDE), : math.ceil(w / TOTAL_STRIDE)]
-            pooled.append(pool_valid_cells(last.float(), mask_padded))
+        architecture = self.config.architecture
+        pooled = [tower_output(self.towers[branch], architecture, x, _branch_mask(branch, valid)).pooled
+                  for branch, x in self.branch_inputs(normalized).items()]
         return torch.cat(pooled, dim=1)
 
     def logits(
@@ -582,7 +551,7 @@ class S1S2Segmenter(S1S2TaskModel):
         """Per-branch decoder outputs ``(B, H_pad/4, W_pad/4, C)`` channels-last (inputs padded to 32)."""
         maps = {}
         for branch, x in self.branch_inputs(normalized).items():
-            padded, _ = _pad_to_stride(x, None)
+            padded = pad_to_stride(x)
             tower = self.towers[branch]
             if is_swin(self.config.architecture):
                 skips, bottleneck = swin_skip_features(tower, padded)
@@ -616,16 +585,6 @@ def _branch_mask(branch: str, valid: dict[str, torch.Tensor | None]) -> torch.Te
     if not masks:
         return None
     return masks[0] if len(masks) == 1 else masks[0] & masks[1]
-
-
-@contextlib.contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
 
 
 TASK_MODELS: dict[str, type[S1S2TaskModel]] = {"classification": S1S2Classifier, "segmentation": S1S2Segmenter}
