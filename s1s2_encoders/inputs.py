@@ -119,7 +119,8 @@ def check_input_options(
     if given_bands is not None:
         # Order is the point of the argument: a set or a mapping has none, and a string would be
         # read character by character.
-        if not isinstance(given_bands, (list, tuple)) and not (isinstance(given_bands, np.ndarray) and given_bands.ndim == 1):
+        ordered = isinstance(given_bands, (list, tuple)) or (isinstance(given_bands, np.ndarray) and given_bands.ndim == 1)
+        if not ordered:
             raise OptionError(
                 f"{modality}_bands must be a list of band names in the array's channel order "
                 f"(e.g. {['VV', 'VH'] if modality == 's1' else ['B02', 'B03', 'B04', 'B08']}), got "
