@@ -257,7 +257,7 @@ def _add_scene_options(p: argparse.ArgumentParser) -> None:
     run.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK under torchrun with GPUs, else cuda if available, else cpu)")
     run.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"), help="compute precision: auto (default) = bfloat16 where the CPU/GPU runs it natively (agrees with float32 to cosine >= 0.999), else float32; float32 is the reference")
     run.add_argument("--compress", default="deflate", choices=("deflate", "zstd", "lzw", "none"), help="GeoTIFF compression (default deflate)")
-    run.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse; with many scenes, skip complete ones)")
+    run.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse; with many scenes, skip complete ones, replace this package's unfinished ones and refuse any other file)")
     run.add_argument("--resume", action="store_true", help="continue an interrupted run from its partial output (same parameters); keeps partial output when interrupted")
     run.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS", help="with --resume: how often the partial output is made resumable (default 60)")
     run.add_argument("--no-check-units", dest="check_units", action="store_false", help="do not check for S2 reflectance in 0-1 / S1 in linear power")
@@ -313,7 +313,8 @@ def _terminate_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run_scenes(args: argparse.Namespace, suffix: str, load: Callable, work: Callable, is_complete: Callable) -> int:
+def _run_scenes(args: argparse.Namespace, suffix: str, load: Callable, work: Callable, is_complete: Callable,
+                outputs: Callable) -> int:
     from .geo.runner import build_jobs, default_device, distributed, run_jobs
     from .geo.scenes import Shard
 
@@ -324,7 +325,7 @@ def _run_scenes(args: argparse.Namespace, suffix: str, load: Callable, work: Cal
             distributed(shard, device) as gather:
         model = load(args.model, device)
         summary = run_jobs(jobs, lambda job, label: work(model, job, label, device), shard=shard, multi=multi,
-                           is_complete=is_complete, overwrite=args.overwrite)
+                           is_complete=is_complete, overwrite=args.overwrite, outputs=outputs)
         everyone = gather(summary)
     if multi and shard.rank == 0:
         written = sum(len(s.written) for s in everyone)
@@ -362,19 +363,25 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
 def _run_embed(args: argparse.Namespace) -> int:
     _limit_gdal_cache()
     from .geo.embed import embed_scene
-    from .geo.writers import is_complete_geotiff
+    from .geo.runner import is_multi_scene
+    from .geo.writers import is_complete_geotiff, is_own_output, npy_sidecar_path, refuse_foreign_outputs
     from .models import load_backbone
 
-    from .geo.runner import is_multi_scene
-
     suffix = ".npy" if args.fmt == "npy" else ".tif"
-    # With many scenes, work() only sees scenes that are not complete: their leftovers are replaced.
+    # With many scenes, work() only sees scenes that are not complete and whose existing outputs the
+    # package wrote itself (run_jobs refuses others' files): those leftovers are replaced.
     multi = is_multi_scene(args.output, args.scenes)
 
     def load(name: str, device: str):
         return load_backbone(name, device=device)
 
+    def outputs(job) -> list[Path]:
+        return [job.output] + ([npy_sidecar_path(job.output)] if args.fmt == "npy" else [])
+
     def work(model, job, label: str, device: str):
+        if not multi and not args.overwrite:
+            # embed_scene refuses an existing -o file; the .npy sidecar beside it is checked here.
+            refuse_foreign_outputs(outputs(job)[1:])
         tile = args.tile or (model.config.input_size if args.pooled else 448)
         return embed_scene(
             model, _scene_inputs(args, job), job.output, modality=args.modality, stride=args.stride,
@@ -385,11 +392,11 @@ def _run_embed(args: argparse.Namespace) -> int:
         )
 
     def is_complete(job) -> bool:
-        if args.fmt == "npy":
-            return job.output.is_file() and job.output.with_name(job.output.name + ".json").is_file()
+        if args.fmt == "npy":  # the sidecar is written just before the array is renamed into place
+            return job.output.is_file() and is_own_output(npy_sidecar_path(job.output))
         return is_complete_geotiff(job.output)
 
-    return _run_scenes(args, suffix, load, work, is_complete)
+    return _run_scenes(args, suffix, load, work, is_complete, outputs)
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
@@ -425,7 +432,7 @@ def _run_predict(args: argparse.Namespace) -> int:
 
     from .geo.predict import predict_scene
     from .geo.runner import is_multi_scene
-    from .geo.writers import is_complete_geotiff
+    from .geo.writers import is_complete_geotiff, is_own_output
     from .models import load_model
 
     multi = is_multi_scene(args.output, args.scenes)
@@ -433,6 +440,9 @@ def _run_predict(args: argparse.Namespace) -> int:
     def sides(job) -> tuple[Path | None, Path | None]:
         return (_side_output(args.probabilities, job.output, "_probabilities.tif", multi),
                 _side_output(args.preview, job.output, ".png", multi))
+
+    def outputs(job) -> list[Path]:
+        return [job.output, *(p for p in sides(job) if p is not None)]
 
     def load(name: str, device: str):
         return load_model(name, device=device)
@@ -449,9 +459,9 @@ def _run_predict(args: argparse.Namespace) -> int:
     def is_complete(job) -> bool:
         probabilities, preview = sides(job)
         return (is_complete_geotiff(job.output) and (probabilities is None or is_complete_geotiff(probabilities))
-                and (preview is None or preview.is_file()))
+                and (preview is None or is_own_output(preview)))
 
-    return _run_scenes(args, ".tif", load, work, is_complete)
+    return _run_scenes(args, ".tif", load, work, is_complete, outputs)
 
 
 # Subcommands in help order.

@@ -81,7 +81,8 @@ class OutputExistsError(S1S2Error, FileExistsError):
 
 
 class OptionError(S1S2Error, ValueError):
-    """An option of a whole-scene run has an invalid value (tile size, overlap, stride, format ...)."""
+    """An option has an invalid value: of an input (nodata policy, s2_offset, check_units, band-name
+    arguments) or of a whole-scene run (tile size, overlap, stride, format ...)."""
 
 
 class ExportError(S1S2Error, RuntimeError):

@@ -8,6 +8,7 @@ the band, the shape or the value and what was expected.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
@@ -15,11 +16,12 @@ import numpy as np
 import torch
 
 from ._warnings import warn_user
-from .bands import BandSelection, Modality, select_bands
-from .errors import InputShapeError, InvalidValueError, UnitsError
+from .bands import BandSelection, Modality, canonical_band_name, select_bands
+from .errors import InputShapeError, InvalidValueError, OptionError, UnitsError
 from .preprocess import looks_like_s2_offset, remove_s2_offset, warn_s2_offset
 
 NodataPolicy = Literal["raise", "mask"]
+NODATA_POLICIES: tuple[str, ...] = ("raise", "mask")
 ArrayLike = Any  # numpy.ndarray | torch.Tensor
 
 _LABEL = {"s1": "Sentinel-1", "s2": "Sentinel-2"}
@@ -76,6 +78,72 @@ def _to_tensor(x: ArrayLike, label: str) -> tuple[torch.Tensor, bool]:
     return tensor, was_numpy
 
 
+def check_s2_offset(s2_offset: Any) -> None:
+    """Refuse an S2 offset that is not ``None`` or a finite number of digital numbers >= 0.
+
+    Raises:
+        OptionError: a string, a bool, NaN, infinity or a negative number.
+    """
+    if s2_offset is None:
+        return
+    if (isinstance(s2_offset, (bool, np.bool_)) or not isinstance(s2_offset, numbers.Real)
+            or not math.isfinite(s2_offset) or s2_offset < 0):
+        raise OptionError(
+            "s2_offset must be None or a finite number of digital numbers >= 0 (1000 for processing "
+            f"baseline 04.00 and later, 0 for none), got {s2_offset!r}"
+        )
+
+
+def check_input_options(
+    modality: Modality,
+    given_bands: Any = None,
+    *,
+    nodata: Any = "raise",
+    check_units: Any = True,
+    s2_offset: Any = None,
+) -> None:
+    """Validate the options of :func:`prepare_input` before any data are looked at, so that an option
+    is accepted or refused the same way whatever the array holds (NaN or not, offset or not).
+
+    Raises:
+        OptionError: ``nodata`` not ``"raise"`` / ``"mask"`` (exactly), ``check_units`` not a bool,
+            a bad ``s2_offset`` (see :func:`check_s2_offset`), band names not given as a list or
+            tuple of names.
+        BandError: a band name that is not a band of ``modality``.
+    """
+    if not isinstance(nodata, str) or nodata not in NODATA_POLICIES:
+        raise OptionError(f"nodata must be 'raise' or 'mask', got {nodata!r}")
+    if not isinstance(check_units, (bool, np.bool_)):
+        raise OptionError(f"check_units must be True or False, got {check_units!r}")
+    check_s2_offset(s2_offset)
+    if given_bands is not None:
+        # Order is the point of the argument: a set or a mapping has none, and a string would be
+        # read character by character.
+        ordered = isinstance(given_bands, (list, tuple)) or (isinstance(given_bands, np.ndarray) and given_bands.ndim == 1)
+        if not ordered:
+            raise OptionError(
+                f"{modality}_bands must be a list of band names in the array's channel order "
+                f"(e.g. {['VV', 'VH'] if modality == 's1' else ['B02', 'B03', 'B04', 'B08']}), got "
+                f"{given_bands!r} ({type(given_bands).__name__})"
+            )
+        for name in given_bands:
+            canonical_band_name(name, modality)
+
+
+def check_pair_options(
+    s1_bands: Any = None,
+    s2_bands: Any = None,
+    *,
+    nodata: Any = "raise",
+    check_units: Any = True,
+    s2_offset: Any = None,
+) -> None:
+    """:func:`check_input_options` for both modalities at once: what an S1 + S2 input path calls
+    before it prepares either array, so that no option is judged after the other modality's data."""
+    check_input_options("s1", s1_bands, nodata=nodata, check_units=check_units)
+    check_input_options("s2", s2_bands, nodata=nodata, check_units=check_units, s2_offset=s2_offset)
+
+
 def prepare_input(
     x: ArrayLike,
     modality: Modality,
@@ -99,8 +167,10 @@ def prepare_input(
             ``None`` means 0 but warns when the data look like they carry the offset.
 
     Raises:
+        OptionError: a bad option (checked first, see :func:`check_input_options`);
         InputShapeError, BandError, InvalidValueError, UnitsError.
     """
+    check_input_options(modality, given_bands, nodata=nodata, check_units=check_units, s2_offset=s2_offset)
     label = _LABEL[modality]
     tensor, was_numpy = _to_tensor(x, label)
     source_device = tensor.device
@@ -147,8 +217,6 @@ def prepare_input(
             )
         valid = finite.all(dim=1, keepdim=True)
         data = torch.where(finite, data, torch.zeros((), dtype=data.dtype))
-    elif nodata not in ("raise", "mask"):
-        raise ValueError(f"nodata must be 'raise' or 'mask', got {nodata!r}")
 
     if modality == "s2":
         present_names = [selection.model_bands[p] for p in selection.present_positions]

@@ -8,7 +8,6 @@ scene size.
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -18,6 +17,7 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning
 
+from ..durable import commit_file
 from .font import draw_text, text_size
 from .sources import ModalitySource
 from .writers import partial_path
@@ -144,9 +144,13 @@ def write_preview(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a picture, not a map layer
-            with rasterio.open(temp, "w", driver="PNG", width=width, height=height, count=3, dtype="uint8") as dst:
+            # The tags go into PNG text chunks: they mark the file as this package's (many-scene runs
+            # replace only their own files) and say which map it shows.
+            with rasterio.open(temp, "w", driver="PNG", width=width, height=height, count=3, dtype="uint8",
+                               WRITE_METADATA_AS_TEXT="YES") as dst:
                 dst.write(canvas)
-        os.replace(temp, path)
+                dst.update_tags(S1S2_PRODUCT="map preview", S1S2_MAP=Path(class_map).name)
+        commit_file(temp, path)
     finally:
         temp.unlink(missing_ok=True)
         Path(str(temp) + ".aux.xml").unlink(missing_ok=True)

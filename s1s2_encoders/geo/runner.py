@@ -12,6 +12,7 @@ from typing import Callable, Iterator, Sequence, TextIO
 
 from ..errors import InputShapeError, S1S2Error
 from .scenes import SceneJob, Shard, has_glob, scenes_from_file, scenes_from_globs
+from .writers import refuse_foreign_outputs
 
 
 def is_multi_scene(output: str, scenes_file: str | None) -> bool:
@@ -121,13 +122,18 @@ def run_jobs(
     multi: bool,
     is_complete: Callable[[SceneJob], bool],
     overwrite: bool,
+    outputs: Callable[[SceneJob], Sequence[Path]] | None = None,
     out: TextIO | None = None,
 ) -> JobSummary:
     """Process this rank's share of ``jobs`` with ``work(job, label)``.
 
     One scene: errors propagate. Many scenes: complete outputs are skipped (unless ``overwrite``);
-    a scene that fails is reported and the others go on; the summary says which.
+    a scene that fails is reported and the others go on; the summary says which. Without
+    ``overwrite``, ``work`` may replace only files the package wrote itself (its unfinished
+    leftovers): a scene with another file at one of its ``outputs(job)`` paths (default: the job's
+    output) fails with an error naming that file, before ``work`` runs, and the file is left alone.
     """
+    outputs_of = outputs if outputs is not None else (lambda job: [job.output])
     out = out if out is not None else sys.stdout
     summary = JobSummary()
     started = time.perf_counter()
@@ -140,6 +146,8 @@ def run_jobs(
             print(f"{prefix}skipped {job.output} (complete)", file=out, flush=True)
             continue
         try:
+            if multi and not overwrite:
+                refuse_foreign_outputs(outputs_of(job))
             result = work(job, label)
         except S1S2Error as exc:
             if not multi:

@@ -2,7 +2,9 @@
 
 Every output goes to a hidden sibling ``.NAME.s1s2-partial`` in the same folder (so the final
 ``os.replace`` is an atomic rename on the same file system); an interrupted or failed run never
-leaves a file under the final name. With ``resume``, the partial files are closed and reopened
+leaves a file under the final name. The data are flushed to disk before the rename (and the folder
+after it), so that a power loss cannot leave a truncated file under the final name that already
+says it is complete. With ``resume``, the partial files are closed and reopened
 every ``checkpoint_every`` seconds and a small JSON record says how many output rows are on disk
 and with which parameters, so a later run with the same parameters can continue from there.
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Sequence
@@ -24,11 +27,13 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from ..durable import atomic_write_text, fsync_path
+from ..durable import atomic_write_text, commit_file, fsync_file
 from ..errors import OutputExistsError
 from .grid import Grid
 
 PARTIAL_SUFFIX = ".s1s2-partial"
+OWN_TAG_PREFIX = "S1S2_"
+"""Every dataset tag this package writes starts with it: what marks a file as the package's own."""
 COMPLETE_TAG = "S1S2_COMPLETE"
 BLOCK_W = 256
 BLOCK_H = 32
@@ -55,15 +60,76 @@ def check_output_path(path: Path, overwrite: bool) -> None:
         raise OutputExistsError(f"{path} is a folder, not an output file name")
 
 
+def npy_sidecar_path(final: Path) -> Path:
+    """The JSON sidecar (CRS, transform, band names) of an ``.npy`` output."""
+    return final.with_name(final.name + ".json")
+
+
+def _raster_tags(path: Path) -> dict[str, str] | None:
+    """The dataset tags of a raster file (GeoTIFF, PNG), or None when GDAL cannot read it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # NotGeoreferencedWarning for a PNG quick-look
+            with rasterio.open(path) as ds:
+                return ds.tags()
+    except Exception:
+        return None
+
+
 def is_complete_geotiff(path: Path) -> bool:
     """Whether ``path`` is a GeoTIFF this package finished writing (``S1S2_COMPLETE=1`` tag)."""
     if not path.is_file():
         return False
+    tags = _raster_tags(path)
+    return tags is not None and tags.get(COMPLETE_TAG) == "1"
+
+
+def _is_own_sidecar(path: Path) -> bool:
     try:
-        with rasterio.open(path) as ds:
-            return ds.tags().get(COMPLETE_TAG) == "1"
-    except Exception:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return False
+    if not isinstance(meta, dict) or meta.get("layout") != "HWC" or not isinstance(meta.get("tags"), dict):
+        return False
+    return any(str(key).startswith(OWN_TAG_PREFIX) for key in meta["tags"])
+
+
+def is_own_output(path: Path) -> bool:
+    """Whether the existing file ``path`` was written by this package, finished or not.
+
+    * rasters (GeoTIFF outputs, PNG quick-looks): dataset tags starting with ``S1S2_``;
+    * an ``.npy`` output: its JSON sidecar is the package's (an ``.npy`` header holds no tags);
+    * a JSON sidecar: the package's layout with ``S1S2_`` tags.
+
+    A file GDAL cannot read at all (e.g. truncated before its header) counts as not the package's.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return False
+    if path.suffix == ".json":
+        return _is_own_sidecar(path)
+    if path.suffix == ".npy":
+        return _is_own_sidecar(npy_sidecar_path(path))
+    tags = _raster_tags(path)
+    return tags is not None and any(key.startswith(OWN_TAG_PREFIX) for key in tags)
+
+
+def refuse_foreign_outputs(paths: Sequence[Path]) -> None:
+    """Refuse to replace an existing file that this package did not write (see :func:`is_own_output`).
+
+    Many-scene runs replace their own leftovers (an unfinished file under the final name, a missing
+    sidecar's partner) without ``--overwrite``; a file of someone else's that happens to sit at an
+    output path is never replaced without it.
+
+    Raises:
+        OutputExistsError: naming the first such file and how to proceed.
+    """
+    for path in map(Path, paths):
+        if (path.exists() or path.is_symlink()) and not is_own_output(path):
+            raise OutputExistsError(
+                f"{path} exists and was not written by s1s2_encoders (it carries no S1S2 tags), so it is "
+                "left as it is; move it away, choose another output folder, or pass --overwrite to replace it"
+            )
 
 
 class RowSink(Protocol):
@@ -73,7 +139,7 @@ class RowSink(Protocol):
 
     def open(self, resume: bool) -> None: ...
     def write_rows(self, row0: int, values: np.ndarray) -> None: ...
-    def close(self) -> None: ...
+    def close(self, sync: bool = True) -> None: ...
     def commit(self) -> None: ...
     def discard(self) -> None: ...
 
@@ -144,20 +210,23 @@ class GeoTiffSink:
         n = data.shape[1]
         self._ds.write(data.astype(self.dtype, copy=False), window=Window(0, row0, self.grid.width, n))
 
-    def close(self) -> None:
+    def close(self, sync: bool = True) -> None:
+        """Close the partial file; with ``sync``, flush it to disk (a resume checkpoint records
+        rows as done only after this)."""
         if self._ds is not None:
             self._ds.close()
             self._ds = None
+            if sync:
+                fsync_file(self.temp)
 
     def commit(self) -> None:
-        """Mark complete, close, rename onto the final name."""
+        """Mark complete, close, flush to disk, rename onto the final name, flush the folder."""
         self._ds.update_tags(**{COMPLETE_TAG: "1"})
-        self.close()
-        os.replace(self.temp, self.final)
-        fsync_path(self.final.parent)
+        self.close(sync=False)  # commit_file flushes it
+        commit_file(self.temp, self.final)
 
     def discard(self) -> None:
-        self.close()
+        self.close(sync=False)
         self.temp.unlink(missing_ok=True)
 
 
@@ -184,7 +253,7 @@ class NpySink:
 
     @property
     def sidecar(self) -> Path:
-        return self.final.with_name(self.final.name + ".json")
+        return npy_sidecar_path(self.final)
 
     def open(self, resume: bool = False) -> None:
         shape = (self.grid.height, self.grid.width, self.count)
@@ -207,15 +276,18 @@ class NpySink:
         self._fh.seek(self._header + row0 * self.grid.width * self.count * 4)
         self._fh.write(stripe.tobytes())
 
-    def close(self) -> None:
+    def close(self, sync: bool = True) -> None:
+        """Close the partial file; with ``sync``, flush it to disk first."""
         if self._fh is not None:
             self._fh.flush()
-            os.fsync(self._fh.fileno())
+            if sync:
+                os.fsync(self._fh.fileno())
             self._fh.close()
             self._fh = None
 
     def commit(self) -> None:
-        self.close()
+        """Flush and close, write the sidecar (durably), then rename the array onto its final name."""
+        self.close(sync=False)  # commit_file flushes it
         meta = {
             "shape": [self.grid.height, self.grid.width, self.count], "layout": "HWC",
             "crs": self.grid.crs.to_wkt() if self.grid.crs is not None else None,
@@ -223,14 +295,12 @@ class NpySink:
             "transform": list(self.grid.transform)[:6], "bands": list(self.descriptions), "nodata": "NaN",
             "tags": self.tags,
         }
-        tmp = self.sidecar.with_name(f".{self.sidecar.name}{PARTIAL_SUFFIX}")
-        tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, self.sidecar)
-        os.replace(self.temp, self.final)
-        fsync_path(self.final.parent)
+        # The sidecar first: an .npy under its final name always has its georeferencing beside it.
+        atomic_write_text(self.sidecar, json.dumps(meta, indent=2) + "\n")
+        commit_file(self.temp, self.final)
 
     def discard(self) -> None:
-        self.close()
+        self.close(sync=False)
         self.temp.unlink(missing_ok=True)
 
 

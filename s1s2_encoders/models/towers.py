@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import TIMM_NAMES
+from ..config import TIMM_NAMES, check_tower_kwargs
 
 TOTAL_STRIDE = 32
 """Downsampling factor of the last feature map of every tower."""
@@ -42,12 +42,19 @@ def create_tower(architecture: str, in_chans: int, **overrides: Any) -> nn.Modul
     Args:
         architecture: ``"swin-t"``, ``"resnet18"`` or ``"resnet50"``.
         in_chans: number of input bands.
-        overrides: extra timm keyword arguments (e.g. ``embed_dim=24, depths=(1, 1, 1, 1)``).
+        overrides: timm architecture arguments (e.g. ``embed_dim=24, depths=(1, 1, 1, 1)``); only
+            the keys :data:`~s1s2_encoders.config.TOWER_KWARGS` lists for ``architecture``.
+
+    Raises:
+        ConfigError: an override that is not an architecture setting (``pretrained``,
+            ``checkpoint_path``, ...), checked again here because a config's dict can be edited
+            after it was validated.
     """
-    kwargs: dict[str, Any] = {"pretrained": False, "in_chans": in_chans, "num_classes": 0}
+    check_tower_kwargs(architecture, overrides)
+    # The package's own settings come last, so that nothing can switch timm's downloads back on.
+    kwargs: dict[str, Any] = {**overrides, "pretrained": False, "in_chans": in_chans, "num_classes": 0}
     if is_swin(architecture):
         kwargs["strict_img_size"] = False
-    kwargs.update(overrides)
     return timm.create_model(TIMM_NAMES[architecture], **kwargs)
 
 
