@@ -3,10 +3,11 @@
     python examples/embed_pair.py --model runs/tiny/export      # a checkpoint folder (e.g. the quickstart's)
     python examples/embed_pair.py --model swin-s1s2             # a registry name
 
-A checkpoint folder is loaded with its trained weights (strictly). A registry name whose weights
-are not on the Hugging Face Hub yet (see `s1s2 models`) is built with RANDOM weights
-(`pretrained=False`): the numbers then show the pipeline working end to end (reading, validation,
-offset, normalisation, both towers), not a trained model.
+A checkpoint folder is loaded with its trained weights (strictly). A registry name loads its pretrained
+weights (the authors' original checkpoint is downloaded from Google Drive and converted on first use, see
+`s1s2 models`); with --random it is built with RANDOM weights (`pretrained=False`, no network): the numbers
+then show the pipeline working end to end (reading, validation, offset, normalisation, both towers), not a
+trained model.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="swin-s1s2", help="checkpoint folder or registry name")
     parser.add_argument("--sample", default="282D_485L_3_3", help="TerraMesh sample id in examples/data/terramesh")
+    parser.add_argument("--random", action="store_true", help="registry names: random weights, no download")
     args = parser.parse_args()
 
     with rasterio.open(DATA / "S1RTC" / f"{args.sample}.tif") as src:
@@ -41,13 +43,13 @@ def main() -> None:
                   f"{prov.get('steps')} steps, normalisation {model.config.normalization.kind})")
     else:
         entry = get_entry(args.model)
-        if entry.available:
+        if entry.weights_source is not None and not args.random:
             model = load_backbone(args.model)
-            origin = f"published weights ({entry.repo_id}@{entry.revision})"
+            origin = f"published weights ({model.config.provenance.get('loaded_from')})"
         else:
             torch.manual_seed(0)  # random weights, but the same ones every run
             model = load_backbone(args.model, pretrained=False)
-            origin = "RANDOM weights (pretrained=False): the published weights are not on the Hub yet"
+            origin = "RANDOM weights (pretrained=False)"
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model {model.config.name or args.model} ({model.config.architecture}, {n_params / 1e6:.2f} M parameters): {origin}")
     print(f"sample {args.sample}: S1 {s1.shape} {s1.dtype} [{np.nanmin(s1):.1f}, {np.nanmax(s1):.1f}] dB; "

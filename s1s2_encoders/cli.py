@@ -20,21 +20,55 @@ from . import __version__
 from .errors import S1S2Error
 
 
+def _weights_line(entry) -> str:
+    """Where ``load_backbone(entry.name)`` gets its weights, for people."""
+    if entry.weights_source == "hub":
+        return f"Hugging Face Hub, {entry.repo_id} @ {entry.revision} (sha256 of model.safetensors {entry.sha256})"
+    if entry.weights_source == "original":
+        size = f" (~{entry.approx_download_mib} MiB, once)" if entry.approx_download_mib else ""
+        file = f" {entry.original_filename}" if entry.original_filename else ""
+        return (f"the authors' original checkpoint{file} from Google Drive, {entry.original_weights}{size}, "
+                "converted on first use")
+    return "none published (pretrained=False builds random weights)"
+
+
+def _cache_state(entry, cache_dir=None) -> tuple[bool, str | None]:
+    """``(cached, folder)`` without hashing anything (a listing must be cheap)."""
+    if entry.weights_source == "original":
+        from .original import read_cached
+
+        cached = read_cached(entry.name, cache_dir)
+        return (cached is not None, str(cached.folder) if cached else None)
+    if entry.weights_source == "hub":
+        from huggingface_hub import try_to_load_from_cache
+
+        from .config import WEIGHTS_FILENAME
+
+        found = try_to_load_from_cache(entry.repo_id, WEIGHTS_FILENAME, cache_dir=cache_dir, revision=entry.revision)
+        return (isinstance(found, str), str(Path(found).parent) if isinstance(found, str) else None)
+    return False, None
+
+
 def _add_models(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list the registry's models and whether their weights are available")
+    p = sub.add_parser("models", help="list the registry's models, where their weights come from and whether they are cached")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--cache-dir", default=None, help="cache folder to look in (default: S1S2_CACHE_DIR / HF_HOME)")
     p.set_defaults(run=_run_models)
 
 
 def _run_models(args: argparse.Namespace) -> int:
+    from .original import cache_root
     from .registry import list_models
 
     entries = list_models()
+    states = {e.name: _cache_state(e, args.cache_dir) for e in entries}
     if args.json:
         rows = [
             {
-                "name": e.name, "architecture": e.architecture, "available": e.available, "status": e.status,
-                "repo_id": e.repo_id, "revision": e.revision, "sha256": e.sha256, "license": e.license,
+                "name": e.name, "architecture": e.architecture, "weights_source": e.weights_source,
+                "available": e.available, "status": e.status, "repo_id": e.repo_id, "revision": e.revision,
+                "sha256": e.sha256, "original_weights": e.original_weights, "original_sha256": e.original_sha256,
+                "cached": states[e.name][0], "cache_folder": states[e.name][1], "license": e.license,
                 "input_size": e.input_size, "description": e.description,
             }
             for e in entries
@@ -42,16 +76,20 @@ def _run_models(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     width = max(len(e.name) for e in entries)
-    print(f"{'name':<{width}}  {'architecture':<12}  status")
+    status_width = max(len(e.status) for e in entries)
+    print(f"{'name':<{width}}  {'architecture':<12}  {'weights':<{status_width}}  cached")
     for e in entries:
-        print(f"{e.name:<{width}}  {e.architecture:<12}  {e.status}")
-    print("\nUse `s1s2 info NAME` for details; load_backbone(NAME, pretrained=False) builds random weights.")
+        print(f"{e.name:<{width}}  {e.architecture:<12}  {e.status:<{status_width}}  {'yes' if states[e.name][0] else 'no'}")
+    print(f"\nload_backbone(NAME) fetches what is not cached; `s1s2 download NAME` does it ahead of time (cache: "
+          f"{cache_root(args.cache_dir)}; `s1s2 cache remove NAME` deletes a copy). `s1s2 info NAME` for details; "
+          "load_backbone(NAME, pretrained=False) builds random weights.")
     return 0
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="show a registry entry or a checkpoint folder: bands, units, normalisation, licence")
+    p = sub.add_parser("info", help="show a registry entry or a checkpoint folder: weights, bands, units, normalisation, licence")
     p.add_argument("model", help="registry name or checkpoint folder")
+    p.add_argument("--cache-dir", default=None, help="cache folder to look in (default: S1S2_CACHE_DIR / HF_HOME)")
     p.set_defaults(run=_run_info)
 
 
@@ -63,13 +101,25 @@ def _run_info(args: argparse.Namespace) -> int:
     if args.model in REGISTRY:
         entry = REGISTRY[args.model]
         config = entry.config()
+        cached, folder = _cache_state(entry, args.cache_dir)
         print(f"name:          {entry.name}")
         print(f"description:   {entry.description}")
-        print(f"status:        {entry.status}")
-        if entry.available:
-            print(f"hub:           {entry.repo_id} @ {entry.revision}")
-            print(f"sha256:        {entry.sha256}")
-        print(f"original:      {entry.original_weights}")
+        print(f"weights:       {_weights_line(entry)}")
+        if entry.weights_source == "original":
+            from .original import read_cached
+
+            record = read_cached(entry.name, args.cache_dir)
+            known = (f"{entry.original_size:,} bytes, sha256 {entry.original_sha256}" if entry.original_sha256
+                     else "size and sha256 not in the registry yet")
+            print(f"original file: {known}")
+            if record is not None:
+                print(f"cached:        yes, {record.folder}")
+                print(f"               converted from {record.filename}: {record.size:,} bytes, sha256 {record.sha256}, "
+                      f"downloaded {record.downloaded_at}")
+            else:
+                print(f"cached:        no (`s1s2 download {entry.name}` fetches and converts it)")
+        else:
+            print(f"cached:        {'yes, ' + str(folder) if cached else 'no'}")
         print(f"license:       {entry.license} - {entry.license_note}")
     elif Path(args.model).is_dir():
         config = read_config(args.model)
@@ -89,25 +139,132 @@ def _run_info(args: argparse.Namespace) -> int:
     if config.citation:
         print("citation:")
         print(config.citation)
-    if args.model in REGISTRY and not REGISTRY[args.model].available:
+    if args.model in REGISTRY:
         print()
         print(REGISTRY[args.model].how_to_get())
     return 0
 
 
 def _add_download(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("download", help="download a model into the Hugging Face cache (for later offline use)")
+    p = sub.add_parser(
+        "download",
+        help="fetch a model into the cache ahead of time (for later offline use)",
+        description="Fetch a model so that later loads need no network: a registry name's Hub pin, or its original "
+        "checkpoint from Google Drive (converted once); or an hf-hub:ORG/REPO[@REV] repository. Prints where it came "
+        "from, its size and sha256, and the cached folder.",
+    )
     p.add_argument("model", help="registry name or hf-hub:ORG/REPO[@REV]")
-    p.add_argument("--revision", default=None)
-    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--revision", default=None, help="Hub revision (hf-hub: repositories and Hub-pinned names)")
+    p.add_argument("--cache-dir", default=None, help="cache folder (default: S1S2_CACHE_DIR / HF_HOME)")
+    p.add_argument("--expected-sha256", default=None, metavar="HEX",
+                   help="refuse the download unless it has this sha256 (the original .pth file for names fetched from "
+                   "Google Drive; model.safetensors for Hub repositories)")
+    p.add_argument("--force", action="store_true", help="download and convert again even if cached")
+    p.add_argument("--verify", action="store_true",
+                   help="re-check a cached copy: model.safetensors against its recorded sha256, and (for original "
+                   "checkpoints) the file on Google Drive, downloaded again, against the size and sha256 recorded at the "
+                   "first download")
     p.set_defaults(run=_run_download)
 
 
 def _run_download(args: argparse.Namespace) -> int:
     from .hub import resolve_model
+    from .registry import REGISTRY
 
-    source = resolve_model(args.model, revision=args.revision, cache_dir=args.cache_dir)
-    print(f"{args.model}: {source.folder} (sha256 {source.sha256})")
+    entry = REGISTRY.get(args.model)
+    if entry is not None and entry.weights_source == "original":
+        return _download_original(entry, args)
+    source = resolve_model(args.model, revision=args.revision, cache_dir=args.cache_dir,
+                           force_download=args.force, expected_sha256=args.expected_sha256)
+    print(f"{args.model}: {source.repo_id} @ {source.revision} from the Hugging Face Hub")
+    print(f"  sha256: {source.sha256} (model.safetensors{', verified' if args.verify else ''})")
+    print(f"  folder: {source.folder}")
+    return 0
+
+
+def _download_original(entry, args: argparse.Namespace) -> int:
+    from .errors import ChecksumError
+    from .original import read_cached, resolve_original, verify_original
+
+    if args.revision is not None:
+        from .errors import ModelNotFoundError
+
+        raise ModelNotFoundError(f"{entry.name} has no Hub revision (--revision): its weights are the original checkpoint")
+    before = read_cached(entry.name, args.cache_dir)
+    source = resolve_original(entry, cache_dir=args.cache_dir, force_download=args.force,
+                              expected_sha256=args.expected_sha256)
+    record = read_cached(entry.name, args.cache_dir)
+    if record is None:  # only if another process removed it right after it was written
+        raise ChecksumError(f"{entry.name}: {source.folder} disappeared right after it was written; run again")
+    fetched = args.force or before is None or before.downloaded_at != record.downloaded_at
+    print(f"{entry.name}: the authors' original checkpoint {record.filename}, {'downloaded now' if fetched else 'cached'}")
+    print(f"  source:  {record.source_url}")
+    print(f"  url:     {record.download_url}")
+    print(f"  bytes:   {record.size:,}")
+    print(f"  sha256:  {record.sha256}{'' if entry.original_sha256 else ' (not in the registry; pin it with --expected-sha256 / expected_sha256=)'}")
+    print(f"  folder:  {source.folder}")
+    print(f"  model.safetensors sha256: {record.weights_sha256} (checked at every load)")
+    if args.verify and fetched:
+        print("  verified: downloaded and checked just now")
+    elif args.verify:
+        check = verify_original(entry, args.cache_dir)
+        if not check.matches:
+            raise ChecksumError(
+                f"{entry.name}: the file on Google Drive now has {check.size:,} bytes and sha256 {check.sha256}, but the "
+                f"cached copy was converted from {record.size:,} bytes with sha256 {record.sha256}. The file changed on "
+                f"Drive (or one of the downloads is bad); the cache was left as it is. `s1s2 download {entry.name} --force` "
+                "replaces it with the current file."
+            )
+        print(f"  verified: model.safetensors matches its recorded sha256, and the file on Drive still has "
+              f"{check.size:,} bytes and sha256 {check.sha256}")
+    return 0
+
+
+def _add_cache(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "cache",
+        help="list or remove the converted original checkpoints in the cache",
+        description="Converted original checkpoints live in S1S2_CACHE_DIR, else $HF_HOME/s1s2-encoders (one folder "
+        "original--NAME each). Weights from the Hugging Face Hub live in huggingface_hub's cache: remove those with "
+        "`hf cache rm model/ORG/REPO`.",
+    )
+    p.add_argument("action", choices=("list", "remove"), help="list the cached models, or remove some")
+    p.add_argument("names", nargs="*", metavar="NAME", help="registry names to remove")
+    p.add_argument("--all", action="store_true", help="with remove: every cached model")
+    p.add_argument("--cache-dir", default=None, help="cache folder (default: S1S2_CACHE_DIR / HF_HOME)")
+    p.set_defaults(run=_run_cache)
+
+
+def _run_cache(args: argparse.Namespace) -> int:
+    from .errors import OptionError
+    from .original import cache_root, read_cached, remove_cached
+    from .registry import REGISTRY, get_entry
+
+    root = cache_root(args.cache_dir)
+    if args.action == "list":
+        if args.names or args.all:
+            raise OptionError("`s1s2 cache list` takes no names and no --all")
+        found = [r for r in (read_cached(name, args.cache_dir) for name in REGISTRY) if r is not None]
+        print(f"cache: {root}")
+        for record in found:
+            size = sum(f.stat().st_size for f in record.folder.iterdir() if f.is_file())
+            print(f"  {record.name:<16} {size / 2**20:8.1f} MiB  {record.folder}  (from {record.filename}, sha256 "
+                  f"{record.sha256[:16]}..., {record.downloaded_at})")
+        if not found:
+            print("  (no converted original checkpoints)")
+        return 0
+    if args.all == bool(args.names):
+        raise OptionError("`s1s2 cache remove` takes registry names or --all (not both)")
+    names = list(REGISTRY) if args.all else args.names
+    for name in names:
+        entry = get_entry(name)  # unknown names: an error listing the known ones
+        removed = remove_cached(name, args.cache_dir)
+        if removed is not None:
+            print(f"removed {removed}")
+        elif entry.weights_source == "hub":
+            print(f"{name}: its weights are in huggingface_hub's cache; remove them with `hf cache rm model/{entry.repo_id}`")
+        elif not args.all:
+            print(f"{name}: not cached in {root}")
     return 0
 
 
@@ -469,6 +626,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_models,
     _add_info,
     _add_download,
+    _add_cache,
     _add_convert,
     _add_push,
     _add_embed,

@@ -51,7 +51,7 @@ from torch import nn
 from .checkpoint import load_state_dict_strict, sha256_file, write_checkpoint
 from .config import WEIGHTS_FILENAME, ModelConfig
 from .errors import CheckpointError, ModelNotFoundError
-from .registry import ORIGINAL_REPO, REGISTRY
+from .registry import LICENSE_NOTE_ORIGINAL, ORIGINAL_REPO, REGISTRY
 
 ARCHITECTURES: tuple[str, ...] = ("swin-t", "resnet50", "resnet18")
 """Architectures of the published original checkpoints."""
@@ -465,8 +465,13 @@ def model_card_path(name: str) -> Path | None:
 def conversion_card_section(config: ModelConfig) -> str:
     """The section appended to the model card of a converted folder: where exactly its weights came from."""
     p = config.provenance
-    rows = [
-        ("source file", f"`{p.get('converted_from')}`"),
+    rows = [("source file", f"`{p.get('converted_from')}`")]
+    if p.get("downloaded_from"):
+        rows += [
+            ("downloaded from", f"{p.get('downloaded_from')} on {p.get('downloaded_at')}"),
+            ("size of the source file", f"{p.get('downloaded_bytes'):,} bytes"),
+        ]
+    rows += [
         ("sha256 of the source file", f"`{p.get('converted_from_sha256')}`"),
         ("original architecture", f"`{p.get('architecture')}`"),
         ("epoch recorded in the file", str(p.get("source_epoch", "not recorded"))),
@@ -474,13 +479,14 @@ def conversion_card_section(config: ModelConfig) -> str:
         ("original code", f"{p.get('source')} @ `{p.get('source_commit')}`"),
         ("converted on", str(p.get("conversion_date"))),
         ("converter", str(p.get("converter"))),
+        ("licence", LICENSE_NOTE_ORIGINAL),
     ]
     dropped = "; ".join(f"{n} x {reason}" for reason, n in p.get("dropped", {}).items()) or "nothing"
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     return (
         "\n## Conversion provenance\n\n"
-        "Written by `s1s2 convert` from the original checkpoint; the same facts are in `config.json`"
-        " under `provenance`.\n\n| | |\n|---|---|\n"
+        f"Converted from the authors' original checkpoint by {p.get('converter')}; the same facts are in "
+        "`config.json` under `provenance`.\n\n| | |\n|---|---|\n"
         f"{table}\n| dropped keys | {dropped} |\n"
     )
 
@@ -492,6 +498,8 @@ def convert_sslt_checkpoint(
     *,
     overwrite: bool = False,
     config: ModelConfig | None = None,
+    original: OriginalCheckpoint | None = None,
+    tool: str = "s1s2 convert",
 ) -> ConversionReport:
     """Convert an original SSLTransformerRS ``.pth`` into a checkpoint folder.
 
@@ -502,7 +510,10 @@ def convert_sslt_checkpoint(
         output: folder to write (default: the registry name, e.g. ``swin-s1s2``, next to ``path``).
         overwrite: replace an existing folder (atomically).
         config: the config to write; defaults to the registry entry's (normalisation
-            ``sslt_channel_max``, bands, licence, citation). Tests pass smaller towers here.
+            ``sslt_channel_max``, bands, licence, citation). Tests pass smaller towers here. Its
+            provenance is kept and extended.
+        original: ``path`` as :func:`read_original_checkpoint` already read it (saves a second read).
+        tool: what did the conversion, recorded in ``provenance.converter``.
 
     Returns:
         A :class:`ConversionReport` (what was converted, moved, dropped and written).
@@ -516,7 +527,8 @@ def convert_sslt_checkpoint(
     from .models.factory import create_backbone
 
     path = Path(path)
-    original = read_original_checkpoint(path)
+    if original is None:
+        original = read_original_checkpoint(path)
     inferred = arch is None
     if arch is None:
         arch = infer_architecture(original.state_dict)
@@ -543,7 +555,7 @@ def convert_sslt_checkpoint(
             "converted_from_sha256": source_sha,
             "architecture": arch,
             "conversion_date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-            "converter": f"s1s2-encoders {__version__} (s1s2 convert)",
+            "converter": f"s1s2-encoders {__version__} ({tool})",
             "dropped": {reason: len(keys) for reason, keys in converted.dropped.items()},
         }
     )

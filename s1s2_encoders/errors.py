@@ -49,11 +49,37 @@ class ModelNotCachedError(S1S2Error, FileNotFoundError):
 
 
 class WeightsNotAvailableError(S1S2Error, RuntimeError):
-    """A registry entry has no published weights on the Hub (yet)."""
+    """A registry entry has no published weights: neither a Hub pin nor an original checkpoint to fetch."""
 
 
 class DownloadError(S1S2Error, OSError):
     """A download failed (server error, truncated transfer, ...)."""
+
+
+class DriveDownloadError(DownloadError):
+    """Fetching an original checkpoint from Google Drive failed; nothing was cached.
+
+    Attributes:
+        cause: what happened, one of :data:`s1s2_encoders.gdrive.CAUSES` (``"quota"``, ``"access"``,
+            ``"removed"``, ``"not-found"``, ``"html"``, ``"http-error"``, ``"truncated"``,
+            ``"connection-broken"``, ``"timeout"``, ``"connect"``).
+        url: the URL that was being fetched.
+    """
+
+    def __init__(self, message: str, *, cause: str, url: str | None = None):
+        super().__init__(message)
+        self.cause = cause
+        self.url = url
+
+    def __str__(self) -> str:  # OSError would format several arguments as a tuple
+        return str(self.args[0])
+
+    def __reduce__(self):  # keep cause / url across pickling (multiprocessing workers)
+        return (_rebuild_drive_error, (self.args[0], self.cause, self.url))
+
+
+def _rebuild_drive_error(message: str, cause: str, url: str | None) -> "DriveDownloadError":
+    return DriveDownloadError(message, cause=cause, url=url)
 
 
 class PublishError(S1S2Error, OSError):
@@ -82,7 +108,8 @@ class OutputExistsError(S1S2Error, FileExistsError):
 
 class OptionError(S1S2Error, ValueError):
     """An option has an invalid value: of an input (nodata policy, s2_offset, check_units, band-name
-    arguments) or of a whole-scene run (tile size, overlap, stride, format ...)."""
+    arguments), of a whole-scene run (tile size, overlap, stride, format ...) or of a download
+    (expected_sha256, timeout)."""
 
 
 class ExportError(S1S2Error, RuntimeError):

@@ -1,11 +1,22 @@
 """Resolve a model reference to a local checkpoint folder: a registry name, a local folder, or a hub repo.
 
-Downloads go through ``huggingface_hub`` (its cache, its ``HF_HOME`` / ``HF_HUB_CACHE``), with:
+How a reference resolves:
+
+* a ``str`` that is a registry name resolves to the registry, always: a folder of the same name in the
+  working directory does not replace it (a warning says how to load that folder instead);
+* a local folder is a path: ``"./name"``, ``"/abs/name"``, ``"name/"``, any string that is not a registry
+  name, or a :class:`pathlib.Path` (a ``Path`` is always a path, even when it spells a registry name);
+* ``"hf-hub:ORG/REPO[@REVISION]"`` is a Hub repository.
+
+A registry name loads its Hub pin when the entry has one, otherwise the authors' original checkpoint,
+fetched from Google Drive, converted and cached once (:mod:`s1s2_encoders.original`).
+
+Hub downloads go through ``huggingface_hub`` (its cache, its ``HF_HOME`` / ``HF_HUB_CACHE``), with:
 
 * the revision pinned to the registry's commit for named models;
 * the sha256 of ``model.safetensors`` verified after every resolve, against the registry or, for
-  ``hf-hub:`` repos, against the Hub's LFS object id; on mismatch the cached copy is deleted so it
-  is not used next time, and nothing is loaded;
+  ``hf-hub:`` repos, against the Hub's LFS object id (or ``expected_sha256``); on mismatch the cached
+  copy is deleted so it is not used next time, and nothing is loaded;
 * ``HF_HUB_OFFLINE=1`` / ``local_files_only=True`` honoured, with a message that says the model is
   not cached and how to get it;
 * ``HF_ENDPOINT`` read when called (not only when ``huggingface_hub`` was imported), so a mirror
@@ -16,6 +27,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +39,7 @@ from .errors import (
     DownloadError,
     ModelNotCachedError,
     ModelNotFoundError,
+    OptionError,
     WeightsNotAvailableError,
 )
 from .registry import REGISTRY, get_entry
@@ -42,9 +55,13 @@ class ModelSource:
 
     Attributes:
         folder: local folder holding ``config.json`` and ``model.safetensors``.
-        kind: ``"local"``, ``"registry"`` or ``"hub"``.
+        kind: ``"local"``, ``"registry"`` (a registry name's Hub pin), ``"hub"`` (an ``hf-hub:`` repo) or
+            ``"original"`` (a registry name's original checkpoint, converted and cached).
         repo_id / revision: hub repository and the revision asked for (hub sources only).
-        sha256: verified sha256 of ``model.safetensors`` (hub sources only).
+        sha256: verified sha256 of ``model.safetensors`` (all but local sources).
+        source_url: the Drive page of the original checkpoint (original sources only).
+        source_sha256 / source_size: sha256 and size in bytes of the original file the cached folder
+            was converted from (original sources only).
     """
 
     folder: Path
@@ -52,6 +69,18 @@ class ModelSource:
     repo_id: str | None = None
     revision: str | None = None
     sha256: str | None = None
+    source_url: str | None = None
+    source_sha256: str | None = None
+    source_size: int | None = None
+
+    @property
+    def loaded_from(self) -> str:
+        """Where the weights came from, in one line (recorded as ``provenance.loaded_from``)."""
+        if self.kind == "original":
+            return f"{self.source_url} (original checkpoint, sha256 {self.source_sha256}), converted, cached in {self.folder}"
+        if self.kind in ("hub", "registry"):
+            return f"{self.repo_id}@{self.revision}"
+        return str(self.folder)
 
 
 def _env_true(name: str) -> bool:
@@ -71,6 +100,20 @@ def hub_endpoint() -> str | None:
     return value.rstrip("/") if value else None
 
 
+def normalize_sha256(value: str | None, what: str = "expected_sha256") -> str | None:
+    """A sha256 given by a user, lower-cased; ``None`` stays ``None``.
+
+    Raises:
+        OptionError: not 64 hex digits.
+    """
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    if not _SHA256.match(text):
+        raise OptionError(f"{what} must be 64 hex digits, got {value!r}")
+    return text
+
+
 def parse_hub_reference(reference: str) -> tuple[str, str | None]:
     """``"hf-hub:org/repo@rev"`` -> ``("org/repo", "rev")``."""
     body = reference[len(HF_HUB_PREFIX):]
@@ -88,36 +131,51 @@ def resolve_model(
     local_files_only: bool = False,
     force_download: bool = False,
     token: str | bool | None = None,
+    expected_sha256: str | None = None,
 ) -> ModelSource:
     """Turn a model reference into a local checkpoint folder, downloading if needed.
 
     Args:
-        reference: a registry name (``"swin-s1s2"``), a local folder, or ``"hf-hub:ORG/REPO[@REV]"``.
+        reference: a registry name (``"swin-s1s2"``), a local folder (``"./folder"``, an absolute path,
+            a :class:`pathlib.Path`), or ``"hf-hub:ORG/REPO[@REV]"``. A registry name always means the
+            registry entry, even if the working directory has a folder of that name.
         revision: hub revision (branch, tag or commit); defaults to the registry's pinned commit
             for named models and to ``"main"`` for ``hf-hub:`` repos.
-        cache_dir: huggingface_hub cache folder (default: ``HF_HUB_CACHE``).
+        cache_dir: huggingface_hub cache folder (default: ``HF_HUB_CACHE``); for registry names fetched
+            from their original checkpoint, the folder of the converted copies (default:
+            ``S1S2_CACHE_DIR``, else ``$HF_HOME/s1s2-encoders``).
         local_files_only: never touch the network (also forced by ``HF_HUB_OFFLINE=1``).
         force_download: download again even if cached.
-        token: hub token for private repos.
+        token: hub token for private repos (never sent anywhere but the Hub).
+        expected_sha256: pin the sha256 of what is downloaded: ``model.safetensors`` for hub repos, the
+            original ``.pth`` file for registry names fetched from Google Drive.
 
     Raises:
         ModelNotFoundError: unknown name, missing folder, or repo / revision / file not on the hub.
-        WeightsNotAvailableError: a registry entry without published weights.
+        WeightsNotAvailableError: a registry entry without pretrained weights.
         ModelNotCachedError: offline and not cached.
         ChecksumError: the downloaded weights do not have the recorded sha256.
-        DownloadError: server errors and broken transfers.
+        DownloadError: server errors and broken transfers (``DriveDownloadError`` for Google Drive).
+        CheckpointError: a fetched original checkpoint that does not load or convert.
     """
-    if isinstance(reference, os.PathLike):
+    given_as_path = isinstance(reference, os.PathLike)
+    if given_as_path:
         reference = os.fspath(reference)
     if not isinstance(reference, str) or not reference:
         raise ModelNotFoundError(f"model reference must be a non-empty string or path, got {reference!r}")
+    expected_sha256 = normalize_sha256(expected_sha256)
+    options = dict(cache_dir=cache_dir, local_files_only=local_files_only, force_download=force_download)
 
-    if reference.startswith(HF_HUB_PREFIX):
+    if not given_as_path and reference.startswith(HF_HUB_PREFIX):
         repo_id, ref_revision = parse_hub_reference(reference)
         return _download(
-            repo_id, revision or ref_revision or "main", expected_sha256=None, label=reference,
-            cache_dir=cache_dir, local_files_only=local_files_only, force_download=force_download, token=token,
+            repo_id, revision or ref_revision or "main", expected_sha256=expected_sha256, label=reference,
+            token=token, **options,
         )
+
+    if not given_as_path and reference in REGISTRY:
+        _warn_if_shadowed(reference)
+        return _resolve_registry_name(reference, revision=revision, token=token, expected_sha256=expected_sha256, **options)
 
     path = Path(reference).expanduser()
     if path.is_dir():
@@ -125,24 +183,59 @@ def resolve_model(
         if not (path / WEIGHTS_FILENAME).is_file():
             raise ModelNotFoundError(f"{path} is not a checkpoint folder: {WEIGHTS_FILENAME} is missing")
         return ModelSource(folder=path, kind="local")
-
-    if reference in REGISTRY:
-        entry = get_entry(reference)
-        if not entry.available:
-            raise WeightsNotAvailableError(entry.how_to_get())
-        pinned = revision is None or revision == entry.revision
-        return _download(
-            entry.repo_id, revision or entry.revision, expected_sha256=entry.sha256 if pinned else None,  # type: ignore[arg-type]
-            label=reference, cache_dir=cache_dir, local_files_only=local_files_only,
-            force_download=force_download, token=token, kind="registry",
-        )
-
     if path.exists():
         raise ModelNotFoundError(f"{path} is a file, not a checkpoint folder (config.json + model.safetensors)")
+    if given_as_path:
+        hint = f" (for the registry entry, pass the name as a string: {reference!r})" if reference in REGISTRY else ""
+        raise ModelNotFoundError(f"{path}: no such checkpoint folder{hint}")
     hint = f" For a hub repository use 'hf-hub:{reference}'." if REPO_ID_PATTERN.match(reference) else ""
     raise ModelNotFoundError(
         f"{reference!r} is neither a registry name ({', '.join(REGISTRY)}) nor an existing folder.{hint}"
     )
+
+
+def _warn_if_shadowed(name: str) -> None:
+    """A folder named like a registry entry in the working directory is not what the name loads: say so."""
+    if Path(name).is_dir():
+        warnings.warn(
+            f"{name!r} is a registry name and loads the registry entry; the folder {name}/ in the working "
+            f"directory ({Path(name).resolve()}) is not used. To load that folder, pass it as a path: "
+            f"'./{name}', its absolute path, or pathlib.Path('{name}').",
+            UserWarning,
+            stacklevel=5,  # the caller of load_backbone (via resolve_model, resolve_config)
+        )
+
+
+def _resolve_registry_name(
+    name: str, *, revision: str | None, cache_dir: Any, local_files_only: bool, force_download: bool,
+    token: Any, expected_sha256: str | None,
+) -> ModelSource:
+    entry = get_entry(name)
+    if entry.weights_source == "hub":
+        pinned = revision is None or revision == entry.revision
+        if pinned and expected_sha256 is not None and expected_sha256 != entry.sha256:
+            raise ChecksumError(
+                f"{name}: expected_sha256={expected_sha256} differs from the registry's pin of model.safetensors "
+                f"({entry.sha256}); nothing was downloaded"
+            )
+        return _download(
+            entry.repo_id, revision or entry.revision, expected_sha256=entry.sha256 if pinned else expected_sha256,  # type: ignore[arg-type]
+            label=name, cache_dir=cache_dir, local_files_only=local_files_only,
+            force_download=force_download, token=token, kind="registry",
+        )
+    if entry.weights_source == "original":
+        if revision is not None:
+            raise ModelNotFoundError(
+                f"{name} has no Hub revision to choose (revision={revision!r}): its weights are the authors' original "
+                "checkpoint from Google Drive, converted on first use"
+            )
+        from .original import resolve_original  # imports the converter and the models
+
+        return resolve_original(
+            entry, cache_dir=cache_dir, local_files_only=local_files_only, force_download=force_download,
+            expected_sha256=expected_sha256,
+        )
+    raise WeightsNotAvailableError(entry.how_to_get())
 
 
 def _download(

@@ -1,10 +1,16 @@
-"""Named models: registry name -> architecture, hub repo, pinned revision, sha256, licence, citation.
+"""Named models: registry name -> architecture, where the weights come from, licence, citation.
 
-An entry never claims a revision or checksum that does not exist. The three published
-SSLTransformerRS backbones exist only as PyTorch pickles on Google Drive; until a converted copy
-is on the Hugging Face Hub their entries carry ``repo_id=None`` and loading them pretrained raises
-:class:`~s1s2_encoders.errors.WeightsNotAvailableError` with instructions (download the original
-file, convert it with ``s1s2 convert``, load the folder).
+An entry never claims a revision or checksum that does not exist. Weights come from one of two places:
+
+* a Hub pin (``repo_id`` + 40-hex ``revision`` + ``sha256`` of ``model.safetensors``): downloaded by
+  huggingface_hub and verified (:mod:`s1s2_encoders.hub`);
+* otherwise the authors' original checkpoint on Google Drive (``original_file_id``): fetched once,
+  converted with :mod:`s1s2_encoders.convert` and cached as a checkpoint folder
+  (:mod:`s1s2_encoders.original`). Its size and sha256 go in ``original_size`` / ``original_sha256`` once
+  known; until then the first download's values are recorded in the cached folder and printed.
+
+The three published SSLTransformerRS backbones exist only as PyTorch pickles on Google Drive, so today
+their entries fetch the original checkpoint.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from dataclasses import dataclass
 from .bands import S1_BANDS, S2_L1C_BANDS
 from .config import ModelConfig
 from .errors import ModelNotFoundError
+from .gdrive import view_url as drive_view_url
 from .preprocess import sslt_channel_max
 
 CITATION_CVPRW2022 = """@inproceedings{scheibenreif2022selfsupervised,
@@ -49,6 +56,7 @@ LICENSE_NOTE_ORIGINAL = (
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_DRIVE_ID = re.compile(r"^[A-Za-z0-9_-]{10,}$")
 
 
 @dataclass(frozen=True)
@@ -65,7 +73,12 @@ class RegistryEntry:
         citation: BibTeX of the work(s) to cite.
         repo_id / revision / sha256: where the converted weights live on the Hub, the commit they
             are pinned to and the sha256 of ``model.safetensors``; all ``None`` until published.
-        original_weights: where the original (unconverted) checkpoint can be downloaded.
+        original_file_id: Google Drive file id of the authors' original checkpoint.
+        original_filename: its file name as the original README gives it (``swin_t.pth``).
+        original_size / original_sha256: its size in bytes and sha256, where known (``None``: not
+            known yet; the first download records them in the cached folder).
+        approx_download_mib: the expected download size in MiB for messages, estimated from the
+            architecture's float32 weights (the real size is not published).
     """
 
     name: str
@@ -78,7 +91,11 @@ class RegistryEntry:
     repo_id: str | None = None
     revision: str | None = None
     sha256: str | None = None
-    original_weights: str | None = None
+    original_file_id: str | None = None
+    original_filename: str | None = None
+    original_size: int | None = None
+    original_sha256: str | None = None
+    approx_download_mib: int | None = None
 
     def __post_init__(self) -> None:
         published = (self.repo_id, self.revision, self.sha256)
@@ -88,6 +105,12 @@ class RegistryEntry:
             raise ValueError(f"registry entry {self.name}: revision must be a 40-hex commit, got {self.revision!r}")
         if self.sha256 is not None and not _SHA256.match(self.sha256):
             raise ValueError(f"registry entry {self.name}: sha256 must be 64 hex digits, got {self.sha256!r}")
+        if self.original_file_id is not None and not _DRIVE_ID.match(self.original_file_id):
+            raise ValueError(f"registry entry {self.name}: {self.original_file_id!r} is not a Google Drive file id")
+        if self.original_sha256 is not None and not _SHA256.match(self.original_sha256):
+            raise ValueError(f"registry entry {self.name}: original_sha256 must be 64 hex digits")
+        if self.original_file_id is None and (self.original_sha256 is not None or self.original_size is not None):
+            raise ValueError(f"registry entry {self.name}: original_size / original_sha256 need an original_file_id")
 
     @property
     def available(self) -> bool:
@@ -95,10 +118,27 @@ class RegistryEntry:
         return self.repo_id is not None
 
     @property
+    def weights_source(self) -> str | None:
+        """``"hub"`` (a Hub pin), ``"original"`` (the authors' checkpoint, fetched and converted on first
+        use) or ``None`` (no pretrained weights)."""
+        if self.available:
+            return "hub"
+        return "original" if self.original_file_id is not None else None
+
+    @property
+    def original_weights(self) -> str | None:
+        """The Drive page of the original checkpoint (``None`` without one)."""
+        return drive_view_url(self.original_file_id) if self.original_file_id is not None else None
+
+    @property
     def status(self) -> str:
+        """Where ``load_backbone(name)`` gets the weights, in a few words."""
         if self.available:
             return f"on the Hub: {self.repo_id}@{self.revision[:12]}"  # type: ignore[index]
-        return "weights not on the Hub yet (convert the original checkpoint)"
+        if self.original_file_id is not None:
+            size = f", ~{self.approx_download_mib} MiB" if self.approx_download_mib else ""
+            return f"original checkpoint from Google Drive, converted on first use{size}"
+        return "no pretrained weights"
 
     def config(self) -> ModelConfig:
         """The config of this model (what ``pretrained=False`` builds)."""
@@ -114,20 +154,31 @@ class RegistryEntry:
             provenance={"source": ORIGINAL_REPO, "source_commit": ORIGINAL_COMMIT},
         )
 
-    def how_to_get(self) -> str:
-        """Instructions for obtaining the weights when they are not on the Hub."""
-        arch = {"swin-t": "swin-t", "resnet50": "resnet50", "resnet18": "resnet18"}[self.architecture]
+    def manual_route(self) -> str:
+        """How to get the weights by hand (machines without internet, or when the fetch fails)."""
+        if self.original_file_id is None:
+            return f"{self.name!r} has no original checkpoint to convert."
+        file = self.original_filename or "FILE.pth"
         return (
-            f"The weights of {self.name!r} are not on the Hugging Face Hub yet. Download the original "
-            f"checkpoint from {self.original_weights} (linked from {ORIGINAL_REPO}), convert it with\n"
-            f"    s1s2 convert ORIGINAL.pth --arch {arch} -o {self.name}\n"
-            f"and load the folder: load_backbone('{self.name}/'). "
-            f"Use load_backbone({self.name!r}, pretrained=False) for random weights."
+            f"Manual route: download {file} in a browser from {self.original_weights} (linked from {ORIGINAL_REPO}), "
+            f"then run `s1s2 convert {file} --arch {self.architecture} -o {self.name}` and load the folder by path: "
+            f"load_backbone('./{self.name}')."
         )
 
-
-def _drive(file_id: str) -> str:
-    return f"https://drive.google.com/file/d/{file_id}/view"
+    def how_to_get(self) -> str:
+        """Where the pretrained weights come from and how to get them."""
+        if self.available:
+            return f"load_backbone({self.name!r}) downloads {self.repo_id}@{self.revision} from the Hugging Face Hub."
+        if self.original_file_id is not None:
+            return (
+                f"load_backbone({self.name!r}) downloads the authors' original checkpoint from Google Drive "
+                f"({self.original_weights}) once, converts it and caches the result; `s1s2 download {self.name}` "
+                f"does this ahead of time.\n{self.manual_route()}"
+            )
+        return (
+            f"{self.name!r} has no published weights. Use load_backbone({self.name!r}, pretrained=False) for "
+            "random weights."
+        )
 
 
 _ENTRIES: tuple[RegistryEntry, ...] = (
@@ -139,7 +190,9 @@ _ENTRIES: tuple[RegistryEntry, ...] = (
         license="other",
         license_note=LICENSE_NOTE_ORIGINAL,
         citation=CITATION_CVPRW2022,
-        original_weights=_drive("1e7QhC2-zoBFgb65yN1ADWBZLMShHOweY"),
+        original_file_id="1e7QhC2-zoBFgb65yN1ADWBZLMShHOweY",
+        original_filename="swin_t.pth",
+        approx_download_mib=220,
     ),
     RegistryEntry(
         name="resnet50-s1s2",
@@ -149,7 +202,9 @@ _ENTRIES: tuple[RegistryEntry, ...] = (
         license="other",
         license_note=LICENSE_NOTE_ORIGINAL,
         citation=CITATION_ISPRS2022 + "\n\n" + CITATION_CVPRW2022,
-        original_weights=_drive("1txqsNLUhIiQXRxflK_SMHn4y7Pp8o3mZ"),
+        original_file_id="1txqsNLUhIiQXRxflK_SMHn4y7Pp8o3mZ",
+        original_filename="resnet50.pth",
+        approx_download_mib=215,
     ),
     RegistryEntry(
         name="resnet18-s1s2",
@@ -159,7 +214,9 @@ _ENTRIES: tuple[RegistryEntry, ...] = (
         license="other",
         license_note=LICENSE_NOTE_ORIGINAL,
         citation=CITATION_ISPRS2022,
-        original_weights=_drive("1vbj9WVK-MZNuAJGEOGEvE663b9BUwPSh"),
+        original_file_id="1vbj9WVK-MZNuAJGEOGEvE663b9BUwPSh",
+        original_filename="resnet18.pth",
+        approx_download_mib=90,
     ),
 )
 

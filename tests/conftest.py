@@ -25,6 +25,23 @@ TINY_TOWER_KWARGS = {
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_drive_and_no_user_cache(tmp_path_factory):
+    """No test reaches Google Drive or writes the user's cache: registry names without a Hub pin fetch
+    their original checkpoint from ``S1S2_GDRIVE_ENDPOINT`` into ``S1S2_CACHE_DIR``, so both point at
+    this session's own places. The endpoint is a loopback port held bound but never listening
+    (connections are refused at once); tests that serve checkpoints point it at their own server."""
+    import socket
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("S1S2_GDRIVE_ENDPOINT", f"http://127.0.0.1:{closed.getsockname()[1]}")
+        patch.setenv("S1S2_CACHE_DIR", str(tmp_path_factory.mktemp("s1s2-cache")))
+        yield
+    closed.close()
+
+
 def tiny_config(architecture: str = "swin-t", normalization: str = "sslt_channel_max", **changes) -> ModelConfig:
     """A small config of the given architecture."""
     config = ModelConfig(architecture=architecture, tower_kwargs=dict(TINY_TOWER_KWARGS[architecture]), name=f"tiny-{architecture}")

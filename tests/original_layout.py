@@ -96,6 +96,21 @@ def tiny_registry_config(architecture: str):
     return REGISTRY[REGISTRY_NAMES[architecture]].config().replace(tower_kwargs=dict(TINY_TOWER_KWARGS[architecture]))
 
 
+def tiny_registry_entry(architecture: str):
+    """The published registry entry of this architecture (same name, Drive file id, licence) whose config
+    has the small towers of :func:`tiny_registry_config`: what the original-checkpoint fetch builds and
+    converts into when a test serves a tiny original checkpoint under the real file id."""
+    from conftest import TINY_TOWER_KWARGS
+
+    from s1s2_encoders.registry import REGISTRY, RegistryEntry
+
+    class TinyEntry(RegistryEntry):
+        def config(self):
+            return RegistryEntry.config(self).replace(tower_kwargs=dict(TINY_TOWER_KWARGS[self.architecture]))
+
+    return TinyEntry(**REGISTRY[REGISTRY_NAMES[architecture]].__dict__)
+
+
 def tiny_swin_spec() -> SwinSpec:
     """Matches tests/conftest.py TINY_TOWER_KWARGS['swin-t'] (same grid and windows as Swin-T)."""
     return SwinSpec(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import synthetic_pair, tiny_model
@@ -147,9 +149,34 @@ def test_registry_name_is_pinned_to_commit_and_sha256(hub, saved, tmp_path, monk
         load_backbone("tiny-wrong", cache_dir=tmp_path / "other")
 
 
-def test_published_entries_without_weights_explain_how_to_get_them():
-    with pytest.raises(WeightsNotAvailableError, match=r"(?s)not on the Hugging Face Hub yet.*drive.google.com.*s1s2 convert ORIGINAL.pth --arch swin-t"):
-        load_backbone("swin-s1s2")
+def test_an_entry_without_any_weights_says_so(monkeypatch):
+    bare = RegistryEntry(name="bare-test", architecture="resnet18", description="test", input_size=128,
+                         license="other", license_note="", citation="")
+    monkeypatch.setitem(REGISTRY, "bare-test", bare)
+    assert bare.weights_source is None and bare.status == "no pretrained weights"
+    with pytest.raises(WeightsNotAvailableError, match=r"'bare-test' has no published weights.*pretrained=False"):
+        load_backbone("bare-test")
+    assert load_backbone("bare-test", pretrained=False).embed_dim == 1024
+
+
+def test_a_folder_named_like_a_registry_entry_does_not_replace_it(tmp_path, monkeypatch):
+    """Issue 11 point 5: with ./swin-s1s2/ holding a ResNet-18, load_backbone("swin-s1s2") used to return the
+    ResNet. A registry name resolves to the registry (here: its original checkpoint, not cached, offline, so
+    ModelNotCachedError); the folder loads when given as a path."""
+    tiny_model("resnet18").save_pretrained(tmp_path / "swin-s1s2")
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(UserWarning, match=r"'swin-s1s2' is a registry name and loads the registry entry; the folder "
+                      r"swin-s1s2/ in the working directory .* is not used\. To load that folder, pass it as a path: "
+                      r"'\./swin-s1s2', its absolute path, or pathlib\.Path\('swin-s1s2'\)"):
+        with pytest.raises(ModelNotCachedError, match=r"swin-s1s2: not in the local cache .*s1s2 download swin-s1s2"):
+            load_backbone("swin-s1s2", local_files_only=True)
+    for as_path in ("./swin-s1s2", "swin-s1s2/", str(tmp_path / "swin-s1s2"), Path("swin-s1s2")):
+        model = load_backbone(as_path)
+        assert model.config.architecture == "resnet18", as_path
+    # A pathlib.Path is a path even when it spells a registry name and no such folder exists.
+    with pytest.raises(ModelNotFoundError, match=r"resnet18-s1s2: no such checkpoint folder \(for the registry entry, "
+                       r"pass the name as a string: 'resnet18-s1s2'\)"):
+        load_backbone(Path("resnet18-s1s2"))
 
 
 def test_unknown_names_and_paths(tmp_path):

@@ -10,12 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from huggingface_hub import ModelCard
-from original_layout import REGISTRY_NAMES, original_state_dict, save_original, tiny_registry_config
+from drive_server import DriveServer
+from original_layout import REGISTRY_NAMES, original_state_dict, save_original, tiny_registry_config, tiny_registry_entry
 
 from s1s2_encoders import load_backbone
-from s1s2_encoders.checkpoint import read_config
+from s1s2_encoders.checkpoint import read_config, sha256_file
 from s1s2_encoders.convert import convert_sslt_checkpoint
 from s1s2_encoders.model_card import LIBRARY_NAME, card_metadata, render_model_card
+from s1s2_encoders.original import cache_folder
 from s1s2_encoders.registry import (
     CITATION_CVPRW2022,
     CITATION_ISPRS2022,
@@ -102,18 +104,27 @@ def test_converted_folder_card_agrees_with_its_config(name, converted):
 
 
 @pytest.mark.parametrize("name", list(REGISTRY))
-def test_card_code_runs_as_written(name, converted, monkeypatch):
-    """The card's Python block, verbatim, in a folder holding the converted checkpoint under the name it uses."""
+def test_card_code_runs_as_written(name, converted, tmp_path, monkeypatch):
+    """The card's Python block, verbatim: `load_backbone(NAME)` fetches the original checkpoint (here from a
+    loopback server that behaves as Google Drive, serving the file the `converted` folder was made from), converts
+    it and loads it; the weights are those of the folder `s1s2 convert` wrote."""
     blocks = re.findall(r"```python\n(.*?)```", card_text(name), flags=re.S)
     assert len(blocks) == 1 and f'load_backbone("{name}")' in blocks[0]
-    monkeypatch.chdir(converted[name].folder.parent)
-    namespace: dict = {}
-    exec(compile(blocks[0], f"model_cards/{name}.md", "exec"), namespace)
+    arch = ARCH_OF[name]
+    with DriveServer() as server:
+        server.drive.add(REGISTRY[name].original_file_id, f"{arch}.pth", converted[name].source.read_bytes())
+        monkeypatch.setenv("S1S2_GDRIVE_ENDPOINT", server.url)
+        monkeypatch.setenv("S1S2_CACHE_DIR", str(tmp_path / "cache"))
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setitem(REGISTRY, name, tiny_registry_entry(arch))
+        namespace: dict = {}
+        exec(compile(blocks[0], f"model_cards/{name}.md", "exec"), namespace)
     model = namespace["model"]
     assert namespace["emb"].shape == (1, model.embed_dim)
     assert set(namespace["parts"]) == {"s1", "s2"} and sorted(namespace["dense"]) == [4, 8, 16, 32]
     assert np.allclose(np.concatenate([namespace["parts"]["s1"], namespace["parts"]["s2"]], axis=1), namespace["emb"])
     assert model.config.name == name
+    assert sha256_file(cache_folder(name) / "model.safetensors") == converted[name].weights_sha256
 
 
 def test_generic_card_parses_and_names_the_original_licence(tmp_path):

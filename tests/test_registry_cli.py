@@ -16,7 +16,8 @@ def test_three_published_backbones_are_registered_without_claiming_weights():
     assert names == ["swin-s1s2", "resnet50-s1s2", "resnet18-s1s2"]
     for entry in list_models():
         assert not entry.available and entry.repo_id is None and entry.revision is None and entry.sha256 is None
-        assert entry.original_weights.startswith("https://drive.google.com/file/d/")
+        assert entry.original_weights == f"https://drive.google.com/file/d/{entry.original_file_id}/view"
+        assert entry.weights_source == "original" and entry.original_sha256 is None  # unknown: nothing here sees Drive
         assert "@inproceedings" in entry.citation or "@article" in entry.citation
         config = entry.config()
         assert config.normalization.kind == "sslt_channel_max"
@@ -42,7 +43,8 @@ def test_models_command_lists_the_three_names_with_status(capsys):
     out = capsys.readouterr().out
     for name in ("swin-s1s2", "resnet50-s1s2", "resnet18-s1s2"):
         assert name in out
-    assert out.count("weights not on the Hub yet") == 3
+    assert out.count("original checkpoint from Google Drive, converted on first use") == 3
+    assert "convert the original" not in out and "not on the Hub" not in out
 
 
 def test_models_json(capsys):
@@ -57,7 +59,9 @@ def test_info_shows_bands_units_normalisation_and_how_to_get(capsys):
     out = capsys.readouterr().out
     assert "B01, B02, B03, B04, B05, B06, B07, B08, B8A, B09, B10, B11, B12" in out
     assert "sslt_channel_max" in out and "dB" in out
-    assert "s1s2 convert ORIGINAL.pth --arch swin-t" in out
+    assert "weights:       the authors' original checkpoint swin_t.pth from Google Drive" in out
+    assert "cached:        no (`s1s2 download swin-s1s2` fetches and converts it)" in out
+    assert "s1s2 convert swin_t.pth --arch swin-t -o swin-s1s2" in out and "load_backbone('./swin-s1s2')" in out
 
 
 def test_info_on_a_folder(tmp_path, capsys):

@@ -36,22 +36,27 @@ def load_backbone(
     force_download: bool = False,
     token: str | bool | None = None,
     device: str | torch.device | None = None,
+    expected_sha256: str | None = None,
 ) -> S1S2Backbone:
     """Load a two-tower S1 + S2 backbone, in eval mode.
 
     Args:
         name_or_path: a registry name (``"swin-s1s2"``, ``"resnet50-s1s2"``, ``"resnet18-s1s2"``,
-            see :func:`list_models`), a local checkpoint folder, ``"hf-hub:ORG/REPO[@REVISION]"``,
-            or a :class:`ModelConfig` (random weights).
+            see :func:`list_models`), a local checkpoint folder (``"./folder"``, an absolute path or a
+            :class:`pathlib.Path`; a registry name always means the registry entry),
+            ``"hf-hub:ORG/REPO[@REVISION]"``, or a :class:`ModelConfig` (random weights). A registry
+            entry without a Hub pin loads the authors' original checkpoint: downloaded from Google Drive
+            and converted on first use, then loaded from the cache (see :mod:`s1s2_encoders.original`).
         pretrained: load weights; ``False`` builds the architecture with random weights (timm's
             convention) and never touches the network for registry names.
-        revision, cache_dir, local_files_only, force_download, token: hub options (see
-            :func:`s1s2_encoders.hub.resolve_model`).
+        revision, cache_dir, local_files_only, force_download, token, expected_sha256: download options
+            (see :func:`s1s2_encoders.hub.resolve_model`).
         device: move the model there.
 
     Raises:
         ModelNotFoundError, WeightsNotAvailableError, ModelNotCachedError, ChecksumError,
-        DownloadError, ConfigError, CheckpointError (see :mod:`s1s2_encoders.errors`).
+        DownloadError (DriveDownloadError for Google Drive), ConfigError, CheckpointError (see
+        :mod:`s1s2_encoders.errors`).
     """
     weights = None
     if isinstance(name_or_path, ModelConfig):
@@ -61,7 +66,7 @@ def load_backbone(
     else:
         config, weights = resolve_config(
             name_or_path, pretrained, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
-            force_download=force_download, token=token,
+            force_download=force_download, token=token, expected_sha256=expected_sha256,
         )
         model = create_backbone(config)
     return ready_for_use(model, weights, device)
@@ -73,7 +78,7 @@ def resolve_config(name_or_path: Any, pretrained: bool, **hub: Any) -> tuple[Mod
     source = resolve_model(name_or_path, **hub)
     config = read_config(source.folder)
     if source.kind != "local":
-        config.provenance = {**config.provenance, "loaded_from": f"{source.repo_id}@{source.revision}"}
+        config.provenance = {**config.provenance, "loaded_from": source.loaded_from}
     return config, (source.folder if pretrained else None)
 
 
