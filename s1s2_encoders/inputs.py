@@ -319,6 +319,7 @@ def prepare_pair(
     Returns:
         ``{"s1": PreparedInput, "s2": PreparedInput}`` (only the given modalities).
     """
+    check_pair_options(s1_bands, s2_bands, nodata=nodata, check_units=check_units, s2_offset=s2_offset)
     prepared: dict[str, PreparedInput] = {}
     if s1 is not None:
         prepared["s1"] = prepare_input(s1, "s1", config.s1_bands, s1_bands, nodata=nodata, check_units=check_units)

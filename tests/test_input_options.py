@@ -48,19 +48,13 @@ IDS = [f"{next(iter(o))}={next(iter(o.values()))!r}" for o, _, _ in BAD_OPTIONS]
 
 
 def clean_and_nan_inputs(options: dict | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Clean arrays, and arrays with NaN in each modality and in both.
-
-    An S2-only option (``s2_offset``, ``s2_bands``) is checked where S2 is prepared, after S1:
-    with NaN in S1 and ``nodata="raise"`` that NaN is reported first, so those variants are left
-    out for such options (``check_pair_options`` closes that gap when the pair path calls it first).
-    """
+    """Clean arrays, and arrays with NaN in each modality and in both (the pair path checks every
+    option of both modalities before it prepares either array)."""
     s1, s2 = synthetic_pair((2,), 32, 32, seed=3)
     s1_nan, s2_nan = s1.copy(), s2.copy()
     s1_nan[0, 1, 3, 4] = np.nan
     s2_nan[1, 5, 7, 7] = np.nan
     variants = {"clean": (s1, s2), "nan in s1": (s1_nan, s2), "nan in s2": (s1, s2_nan), "nan in both": (s1_nan, s2_nan)}
-    if options and set(options) <= {"s2_offset", "s2_bands"}:
-        variants = {k: v for k, v in variants.items() if k in ("clean", "nan in s2")}
     return variants
 
 
