@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -365,3 +366,39 @@ def test_bfloat16_output_is_float32_and_close(tmp_path):
     half, meta = read(tmp_path / "bf16.tif")
     assert meta["profile"]["dtype"] == "float32" and not np.array_equal(full, half)
     assert np.abs(half - full).max() < 0.05 * np.abs(full).max()
+
+
+def test_resume_with_another_precision_is_refused_naming_both(tmp_path, monkeypatch):
+    """The resume record keeps the compute dtype and device: rows of bfloat16 and float32 are never stitched."""
+    from s1s2_encoders.errors import OptionError
+    from s1s2_encoders.models.engine import InferenceEngine
+
+    s1, s2 = synthetic_scene(512, 96, seed=8)
+    p1, p2 = write_raster(tmp_path / "s1.tif", s1), write_raster(tmp_path / "s2.tif", s2)
+    out = tmp_path / "emb.tif"
+    model = tiny_model(normalization="fixed")
+    inputs = SceneInputs(s1=[p1], s2=[p2], s2_offset=0)
+    options = dict(tile=96, overlap=0, stride=8, batch_size=1, progress=False, resume=True, checkpoint_every=0)
+    encode, calls = InferenceEngine.encode_batch, []
+
+    def failing(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("stop")
+        return encode(self, *args, **kwargs)
+
+    monkeypatch.setattr(InferenceEngine, "encode_batch", failing)
+    with pytest.raises(RuntimeError, match="stop"):
+        embed_scene(model, inputs, out, dtype="float32", **options)
+    monkeypatch.setattr(InferenceEngine, "encode_batch", encode)
+    record = json.loads((tmp_path / ".emb.tif.s1s2-partial.json").read_text())
+    assert record["rows_done"] > 0 and record["params"]["compute"] == {"dtype": "float32", "device": "cpu", "mode": "plain"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # bfloat16 is emulated on CPUs without it (and says so)
+        with pytest.raises(OptionError, match=r"computed in float32 on cpu, this run computes in bfloat16 on cpu; "
+                                              r"resuming would stitch the two. Resume with the same --dtype"):
+            embed_scene(model, inputs, out, dtype="bfloat16", **options)
+    assert (tmp_path / ".emb.tif.s1s2-partial").is_file() and not out.exists()  # nothing lost
+    result = embed_scene(model, inputs, out, dtype="float32", **options)
+    assert result.resumed_from_row == record["rows_done"] and out.is_file()
+

@@ -28,7 +28,7 @@ import rasterio
 from rasterio.windows import Window
 
 from ..durable import atomic_write_text, commit_file, fsync_file
-from ..errors import OutputExistsError
+from ..errors import OptionError, OutputExistsError
 from .grid import Grid
 
 PARTIAL_SUFFIX = ".s1s2-partial"
@@ -304,6 +304,12 @@ class NpySink:
         self.temp.unlink(missing_ok=True)
 
 
+def _compute_text(compute: Any) -> str:
+    if not isinstance(compute, dict):
+        return "an unrecorded precision (written by an older version)"
+    return f"{compute.get('dtype')} on {compute.get('device')}"
+
+
 class OutputSet:
     """The outputs of one scene, committed together (the primary one last) and, with resume,
     checkpointed together with one record of how many rows are on disk."""
@@ -323,14 +329,29 @@ class OutputSet:
         return record_path(self.primary.final)
 
     def resumable_rows(self) -> int:
-        """Rows a previous run with the same parameters left on disk (0 when none or different)."""
+        """Rows a previous run with the same parameters left on disk (0 when none or different).
+
+        Raises:
+            OptionError: the rows on disk were computed in another dtype or on another kind of device
+                (``params["compute"]``): stitching them to this run's rows would mix precisions.
+        """
         if not self.resume or not self.record.is_file():
             return 0
         try:
             record = json.loads(self.record.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return 0
-        if record.get("params") != json.loads(json.dumps(self.params)):
+        params = json.loads(json.dumps(self.params))
+        before, now = (record.get("params") or {}).get("compute"), params.get("compute")
+        if (before != now and record.get("rows_done", 0) and now is not None
+                and all(partial_path(s.final).is_file() for s in self.sinks)):
+            raise OptionError(
+                f"{self.primary.final}: the {record['rows_done']} output rows on disk were computed in "
+                f"{_compute_text(before)}, this run computes in {_compute_text(now)}; resuming would stitch "
+                f"the two. Resume with the same --dtype and device (e.g. --dtype {(before or {}).get('dtype', 'float32')}), "
+                "or run without --resume to start over."
+            )
+        if record.get("params") != params:
             return 0
         if not all(partial_path(s.final).is_file() for s in self.sinks):
             return 0
