@@ -22,13 +22,21 @@ Paths (a path that does not apply to an architecture is skipped):
                         (bfloat16 where native, BN folded, Swin windows cached, fc1+GELU fused), towers
                         one after the other with all threads.
 ``embed-auto``          ``model.embed(s1, s2)``: the default, ``dtype="auto"``; as above, and on CPU the
-                        two towers run concurrently with half of the threads each.
+                        two towers run concurrently with half of the threads each. Includes the per-call
+                        refresh of the copies from the model's weights.
+``engine-auto``         ``engine.embed(s1, s2)`` with ``engine = model.inference_engine()``: the same
+                        computation from an engine the caller owns (no per-call refresh).
 ``bf16-sdpa``           (Swin) bfloat16 tower copy with timm's fused ``scaled_dot_product_attention``.
 ``channels-last-fp32``  (ResNet) float32 towers and inputs in channels-last memory format.
 ``channels-last-bf16``  (ResNet) bfloat16 towers and inputs in channels-last memory format.
 ``compile-bf16``        ``torch.compile`` of the bfloat16 backbone forward (dynamic batch); its compile
                         time is reported as warm-up (--full or --paths only).
 ``compile-bf16-frozen`` the same with inductor ``freezing`` (weights folded and pre-packed).
+
+Paths that compute in bfloat16 by construction (``autocast-bf16``, ``bf16-*``, ``channels-last-bf16``,
+``compile-*``) are reported as "not applicable" on a CPU without native bfloat16 (no ``avx512_bf16`` /
+``amx_bf16``: oneDNN only emulates it there, minutes per cell); ``--emulated-bf16`` times them anyway.
+The GEMM peak of the "% peak" column is then the float32 one. The CPU class is printed first.
 """
 
 from __future__ import annotations
@@ -50,14 +58,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import gemm_peak_gflops, machine_info, median, real_pairs, round_robin, tile_batch  # noqa: E402
 
 from s1s2_encoders import load_backbone  # noqa: E402
-from s1s2_encoders.models.compute import PARALLEL_ENV, choose_compute  # noqa: E402
-from s1s2_encoders.models.towers import is_swin  # noqa: E402
+from s1s2_encoders.models.compute import PARALLEL_ENV, choose_compute, cpu_has_native_bf16  # noqa: E402
+from s1s2_encoders.models.towers import is_swin, tower_output  # noqa: E402
 
 REGISTRY_NAMES = {"swin-t": "swin-s1s2", "resnet50": "resnet50-s1s2", "resnet18": "resnet18-s1s2"}
 S2_OFFSET = 1000.0  # the TerraMesh L1C pairs carry the processing-baseline offset
 
 DEFAULT = dict(archs="swin-t,resnet50", sizes="224", batches="1,16",
-               paths="naive-fp32,embed-fp32,autocast-bf16,bf16-weights,channels-last-bf16,embed-auto-serial,embed-auto")
+               paths="naive-fp32,embed-fp32,autocast-bf16,bf16-weights,channels-last-bf16,embed-auto-serial,embed-auto,engine-auto")
 FULL = dict(archs="swin-t,resnet50", sizes="120,224,256", batches="1,4,16,64",
             paths=DEFAULT["paths"] + ",bf16-sdpa,channels-last-fp32,compile-bf16,compile-bf16-frozen")
 
@@ -142,6 +150,13 @@ def path_embed(dtype: str, parallel: bool = True) -> Callable[[Context, np.ndarr
     return make
 
 
+def path_engine_auto(ctx: Context, s1: np.ndarray, s2: np.ndarray) -> Runner:
+    if "engine-auto" not in ctx.cache:
+        ctx.cache["engine-auto"] = ctx.model.inference_engine("auto", ctx.device)
+    engine = ctx.cache["engine-auto"]
+    return lambda: engine.embed(s1, s2, s2_offset=S2_OFFSET, batch_size=s1.shape[0])
+
+
 def path_autocast_bf16(ctx: Context, s1: np.ndarray, s2: np.ndarray) -> Runner:
     t1, t2 = _tensors(ctx, s1, s2)
 
@@ -157,7 +172,7 @@ def _encode_with(ctx: Context, towers: dict[str, torch.nn.Module], s1: np.ndarra
 
     def run() -> torch.Tensor:
         with torch.inference_mode():
-            parts = [ctx.model.encode(m, x, tower=towers[m]).pooled for m, x in (("s1", t1), ("s2", t2))]
+            parts = [tower_output(towers[m], ctx.arch, ctx.model.normalizer(m)(x)).pooled for m, x in (("s1", t1), ("s2", t2))]
             return torch.cat(parts, dim=1)
 
     return run
@@ -230,21 +245,39 @@ def path_compile(freezing: bool) -> Callable[[Context, np.ndarray, np.ndarray], 
 class PathSpec:
     make: Callable[[Context, np.ndarray, np.ndarray], Runner]
     applies: Callable[[str], bool] = lambda arch: True
+    bf16: bool = False  # computes in bfloat16 whatever the hardware: not applicable where it is emulated
 
 
 PATHS: dict[str, PathSpec] = {
     "naive-fp32": PathSpec(path_naive_fp32),
     "embed-fp32": PathSpec(path_embed("float32")),
-    "autocast-bf16": PathSpec(path_autocast_bf16),
-    "bf16-weights": PathSpec(path_bf16_weights),
+    "autocast-bf16": PathSpec(path_autocast_bf16, bf16=True),
+    "bf16-weights": PathSpec(path_bf16_weights, bf16=True),
     "embed-auto-serial": PathSpec(path_embed("auto", parallel=False)),
     "embed-auto": PathSpec(path_embed("auto")),
-    "bf16-sdpa": PathSpec(path_bf16_sdpa, is_swin),
+    "engine-auto": PathSpec(path_engine_auto),
+    "bf16-sdpa": PathSpec(path_bf16_sdpa, is_swin, bf16=True),
     "channels-last-fp32": PathSpec(path_channels_last(torch.float32), lambda a: not is_swin(a)),
-    "channels-last-bf16": PathSpec(path_channels_last(torch.bfloat16), lambda a: not is_swin(a)),
-    "compile-bf16": PathSpec(path_compile(False)),
-    "compile-bf16-frozen": PathSpec(path_compile(True)),
+    "channels-last-bf16": PathSpec(path_channels_last(torch.bfloat16), lambda a: not is_swin(a), bf16=True),
+    "compile-bf16": PathSpec(path_compile(False), bf16=True),
+    "compile-bf16-frozen": PathSpec(path_compile(True), bf16=True),
 }
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` runs bfloat16 natively (else the bf16-only paths are not applicable)."""
+    if device.type == "cuda":
+        return choose_compute("auto", device).dtype == torch.bfloat16
+    return device.type == "cpu" and cpu_has_native_bf16()
+
+
+def cpu_class() -> str:
+    """``avx512_bf16`` (e.g. Zen 4), ``amx_bf16``, or ``no native bf16`` (e.g. Zen 3, AVX2 only)."""
+    from s1s2_encoders.models.compute import cpu_flags
+
+    found = [f for f in ("amx_bf16", "avx512_bf16") if f in cpu_flags()]
+    extra = "avx512f" if "avx512f" in cpu_flags() else ("avx2" if "avx2" in cpu_flags() else "")
+    return (", ".join(found) if found else "no native bf16") + (f" ({extra})" if extra else "")
 BASELINE = "naive-fp32"
 
 
@@ -272,17 +305,30 @@ def flops_per_pair(model: torch.nn.Module, size: int, device: torch.device) -> f
     return float(counter.get_total_flops())
 
 
+def not_applicable(ctx: Context, size: int, batch: int, name: str) -> Cell:
+    nan = float("nan")
+    return Cell(arch=ctx.arch, size=size, batch=batch, path=name, pairs_per_s=nan, ratio=nan, seconds=[],
+                gflop_per_pair=nan, gflops=nan, peak_fraction=nan, peak_gflops=nan, cosine_min=nan, max_abs_diff=nan,
+                warmup_s=nan, load_before=nan, load_after=nan,
+                note="not applicable: no native bfloat16 here (emulated; --emulated-bf16 times it)")
+
+
 def measure_cell(ctx: Context, size: int, batch: int, paths: list[str], repeats: int,
-                 flops: float, reference: torch.Tensor, pairs: tuple[np.ndarray, np.ndarray]) -> list[Cell]:
+                 flops: float, reference: torch.Tensor, pairs: tuple[np.ndarray, np.ndarray],
+                 skip_bf16: bool = False) -> list[Cell]:
     s1 = tile_batch(pairs[0], batch)
     s2 = tile_batch(pairs[1], batch)
     runs: dict[str, Runner] = {}
     warmup: dict[str, float] = {}
     agree: dict[str, tuple[float, float]] = {}
     split = ctx.model.embed_dims["s1"]
+    skipped = []
     for name in paths:
         spec = PATHS[name]
         if not spec.applies(ctx.arch):
+            continue
+        if spec.bf16 and skip_bf16:
+            skipped.append(not_applicable(ctx, size, batch, name))
             continue
         # First call on the real pairs: agreement, and the warm-up cost (compilation, tower copies).
         start = time.perf_counter()
@@ -290,8 +336,9 @@ def measure_cell(ctx: Context, size: int, batch: int, paths: list[str], repeats:
         warmup[name] = time.perf_counter() - start
         agree[name] = agreement(reference, out, split)
         runs[name] = spec.make(ctx, s1, s2)
-    # A bfloat16 GEMM in the same round-robin: the peak is measured under the same load as the paths.
-    a = torch.randn(2048, 2048, device=ctx.device, dtype=torch.bfloat16)
+    # A GEMM in the same round-robin: the peak is measured under the same load as the paths (bfloat16
+    # where the hardware has it; float32 elsewhere, where an emulated bf16 GEMM would take minutes).
+    a = torch.randn(2048, 2048, device=ctx.device, dtype=torch.float32 if skip_bf16 else torch.bfloat16)
     runs["_gemm"] = lambda: a @ a
     load_before = os.getloadavg()[0]
     times = round_robin(runs, repeats, ctx.device)
@@ -303,7 +350,7 @@ def measure_cell(ctx: Context, size: int, batch: int, paths: list[str], repeats:
         rate = batch / median(seconds)
         cos, diff = agree[name]
         note = ""
-        if name.startswith("embed-auto"):
+        if name.startswith(("embed-auto", "engine-auto")):
             note = str(choose_compute("auto", ctx.device).dtype).replace("torch.", "")
         cells.append(Cell(
             arch=ctx.arch, size=size, batch=batch, path=name, pairs_per_s=rate, ratio=rate / base,
@@ -311,7 +358,7 @@ def measure_cell(ctx: Context, size: int, batch: int, paths: list[str], repeats:
             peak_fraction=rate * flops / 1e9 / peak, peak_gflops=peak, cosine_min=cos, max_abs_diff=diff, warmup_s=warmup[name],
             load_before=load_before, load_after=load_after, note=note,
         ))
-    return cells
+    return cells + skipped
 
 
 HEADER = (f"{'arch':<9} {'size':>4} {'batch':>5}  {'path':<29} {'pairs/s':>8} {'x base':>7} "
@@ -319,6 +366,8 @@ HEADER = (f"{'arch':<9} {'size':>4} {'batch':>5}  {'path':<29} {'pairs/s':>8} {'
 
 
 def format_row(c: Cell) -> str:
+    if c.note.startswith("not applicable"):
+        return f"{c.arch:<9} {c.size:>4} {c.batch:>5}  {c.path:<29} {c.note}"
     label = c.path + (f" ({c.note})" if c.note else "")
     return (f"{c.arch:<9} {c.size:>4} {c.batch:>5}  {label:<29} {c.pairs_per_s:>8.2f} {c.ratio:>7.2f} "
             f"{c.gflops:>8.0f} {100 * c.peak_fraction:>5.0f}% {c.cosine_min:>9.6f} {c.max_abs_diff:>9.2e} {c.warmup_s:>9.2f}"
@@ -335,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per path and cell (median reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--emulated-bf16", action="store_true",
+                        help="also time the bfloat16-only paths where bfloat16 is not native (slow: emulated)")
     parser.add_argument("--tiny", action="store_true", help="tiny towers (smoke test of this script, not a benchmark)")
     parser.add_argument("--json", default="benchmarks/results/embed.json", help="where to write the results")
     args = parser.parse_args(argv)
@@ -354,11 +405,16 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
 
     info = machine_info(device)
-    peak = gemm_peak_gflops(torch.bfloat16, device)
+    native = native_bf16(device)
+    skip_bf16 = not native and not args.emulated_bf16
+    info["cpu_class"] = cpu_class()
+    info["native_bf16"] = native
+    peak = gemm_peak_gflops(torch.bfloat16, device) if not skip_bf16 else float("nan")
     peak32 = gemm_peak_gflops(torch.float32, device)
-    print(f"# {info['cpu']} ({info['logical_cpus']} logical CPUs, {info['torch_threads']} torch threads, "
-          f"{', '.join(info['cpu_bf16_flags']) or 'no bf16/amx flags'}), torch {info['torch']}, device {device}")
-    print(f"# measured GEMM peak (2048^3): bfloat16 {peak:.0f} GFLOP/s, float32 {peak32:.0f} GFLOP/s\n")
+    print(f"# CPU class: {info['cpu_class']}; {info['cpu']} ({info['logical_cpus']} logical CPUs, "
+          f"{info['torch_threads']} torch threads), torch {info['torch']}, device {device}")
+    print(f"# measured GEMM peak (2048^3): bfloat16 {'not applicable' if skip_bf16 else f'{peak:.0f} GFLOP/s'}, "
+          f"float32 {peak32:.0f} GFLOP/s; % peak below is against the {'float32' if skip_bf16 else 'bfloat16'} one\n")
     print(HEADER)
     print("-" * len(HEADER))
 
@@ -380,11 +436,11 @@ def main(argv: list[str] | None = None) -> int:
             ref = as_tensor(path_naive_fp32(ctx, *pairs)())
             flops = flops_per_pair(model, size, device)
             for batch in batches:
-                new = measure_cell(ctx, size, batch, paths, args.repeats, flops, ref, pairs)
+                new = measure_cell(ctx, size, batch, paths, args.repeats, flops, ref, pairs, skip_bf16=skip_bf16)
                 for c in new:
                     print(format_row(c), flush=True)
                 cells.extend(new)
-    print("\n%peak: achieved GFLOP/s (FLOPs counted by torch.utils.flop_counter) / bfloat16 GEMM peak measured "
+    print("\n%peak: achieved GFLOP/s (FLOPs counted by torch.utils.flop_counter) / GEMM peak measured "
           "in the same round-robin (2048^3 matrix product; 'peak_gflops' in the JSON). cos min / max|diff|: against naive-fp32 on the 3 real TerraMesh pairs, smallest "
           "cosine over samples and over the S1 and S2 halves. warm-up s: first call (tower copies, compilation). "
           "load: 1-minute load average before-after the cell (other processes on the machine).")

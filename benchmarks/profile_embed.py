@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import gemm_peak_gflops, machine_info, real_pairs, tile_batch  # noqa: E402
 
 from s1s2_encoders import load_backbone  # noqa: E402
-from s1s2_encoders.models.compute import input_memory_format  # noqa: E402
+from s1s2_encoders.models.compute import cpu_has_native_bf16  # noqa: E402
+from s1s2_encoders.models.towers import input_memory_format, tower_output  # noqa: E402
 
 REGISTRY_NAMES = {"swin-t": "swin-s1s2", "resnet50": "resnet50-s1s2", "resnet18": "resnet18-s1s2"}
 
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     model = load_backbone(REGISTRY_NAMES[args.arch], pretrained=False).eval()
     s1, s2 = (tile_batch(a, args.batch) for a in real_pairs(args.size))
     x1, x2 = torch.from_numpy(s1), torch.from_numpy(s2) - 1000
-    from s1s2_encoders.models.fast import inference_tower
+    from s1s2_encoders.models.fast import InferenceTower
 
     cpu = torch.device("cpu")
     for dtype_name, kind in ((d, k) for d in args.dtypes.split(",") for k in args.towers.split(",")):
@@ -148,11 +149,11 @@ def main(argv: list[str] | None = None) -> int:
         if kind == "plain":
             towers = {m: copy.deepcopy(model.tower(m)).to(dtype).eval() for m in ("s1", "s2")}
         else:
-            towers = {m: inference_tower(model.tower(m), args.arch, dtype, cpu) for m in ("s1", "s2")}
+            towers = {m: InferenceTower(model.tower(m), args.arch, dtype, cpu).module for m in ("s1", "s2")}
 
         def run():
             with torch.inference_mode():
-                return [model.encode(m, x, tower=towers[m]).pooled for m, x in (("s1", x1), ("s2", x2))]
+                return [tower_output(towers[m], args.arch, model.normalizer(m)(x)).pooled for m, x in (("s1", x1), ("s2", x2))]
 
         with torch.inference_mode():  # FLOPs through module calls, so that every module is named
             layout = input_memory_format(towers["s1"])
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                 flops = {"total": sum(plain_flops.values())}
         run()  # warm-up
         totals, timers = [], []
-        peak = gemm_peak_gflops(torch.bfloat16, torch.device("cpu"), repeats=3)
+        peak = gemm_peak_gflops(torch.bfloat16 if cpu_has_native_bf16() else torch.float32, torch.device("cpu"), repeats=3)
         for _ in range(args.repeats):
             timer = ModuleTimer(nn.ModuleDict(towers))
             start = time.perf_counter()

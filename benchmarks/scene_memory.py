@@ -88,24 +88,20 @@ def run_measured(cmd: list[str], env: dict) -> tuple[float, int, str, str]:
 PURE_FORWARD = r"""
 import json, sys, time, torch
 from s1s2_encoders import load_backbone
-from s1s2_encoders.models.compute import choose_compute, inference_context, run_towers
+from s1s2_encoders.models.engine import ModalityBatch
 model = load_backbone(sys.argv[1]).eval()
 tile, batch, batches = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 level = (4, 8, 16, 32).index(int(sys.argv[5]))
 # The compute path s1s2 embed takes by default (dtype "auto": bf16 inference copies where the CPU runs
 # bf16 natively, both towers concurrently), so the ratio measures only what streaming adds.
-choice = choose_compute(sys.argv[6], torch.device("cpu"))
-towers = {m: model.compute_tower(m, choice) for m in ("s1", "s2")}
+engine = model.inference_engine(sys.argv[6])
 g = torch.Generator().manual_seed(0)
 data = {"s1": -25 + 20 * torch.rand(batch, 2, tile, tile, generator=g), "s2": 3000 * torch.rand(batch, 13, tile, tile, generator=g)}
-context = lambda: inference_context(choice)
 start = time.perf_counter()
-with context():
-    for _ in range(batches):
-        jobs = {m: (lambda m=m: model.encode(m, data[m], dense=True, tower=towers[m]).pyramid[level].float()) for m in data}
-        maps = run_towers(jobs, torch.device("cpu"), context)
-        torch.cat([maps["s1"], maps["s2"]], dim=1).cpu().numpy()
-print(json.dumps({"seconds": time.perf_counter() - start, "tiles": batch * batches, "compute": str(choice)}))
+for _ in range(batches):
+    out = engine.encode_batch({m: ModalityBatch(x) for m, x in data.items()}, dense=True)
+    torch.cat([out["s1"].pyramid[level], out["s2"].pyramid[level]], dim=1).cpu().numpy()
+print(json.dumps({"seconds": time.perf_counter() - start, "tiles": batch * batches, "compute": str(engine.compute)}))
 """
 
 

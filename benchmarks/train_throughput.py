@@ -37,6 +37,7 @@ from common import REPO, machine_info, median, round_robin, synchronize  # noqa:
 from training.contrastive import contrastive_step  # noqa: E402
 from training.optim import build_optimizer, param_groups  # noqa: E402
 from training.pretrain import build_model, load_pretrain_config  # noqa: E402
+from s1s2_encoders.models.compute import choose_compute, cpu_flags  # noqa: E402
 
 RECIPE = REPO / "training" / "configs" / "dual_simclr_swin_t.yaml"
 VARIANTS = {  # name: (bf16 autocast, activation checkpointing)
@@ -111,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-gib", default="16,80", help="memory budgets for the largest-batch estimate")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tiny", action="store_true", help="tiny towers (smoke test of this script)")
+    parser.add_argument("--emulated-bf16", action="store_true",
+                        help="also time the bf16 variants where bfloat16 is not native (slow: emulated)")
     parser.add_argument("--json", default="benchmarks/results/train_throughput.json")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -118,10 +121,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiny:
         overrides.append('model.tower_kwargs={"embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1]}')
     info = machine_info(device)
-    print(f"# {info['cpu']} ({info['torch_threads']} threads), torch {info['torch']}, device {device}; "
-          f"recipe {RECIPE.relative_to(REPO)}, {args.size} px")
+    native = (choose_compute("auto", device).dtype == torch.bfloat16) if device.type != "mps" else False
+    info["native_bf16"] = native
+    info["cpu_class"] = ", ".join(f for f in ("amx_bf16", "avx512_bf16") if f in cpu_flags()) or "no native bf16"
+    print(f"# CPU class: {info['cpu_class']}; {info['cpu']} ({info['torch_threads']} threads), torch {info['torch']}, "
+          f"device {device}; recipe {RECIPE.relative_to(REPO)}, {args.size} px")
+    # bf16 autocast where the hardware only emulates bfloat16 takes many times the float32 step: not applicable.
+    variants = {n: v for n, v in VARIANTS.items() if native or args.emulated_bf16 or not v[0]}
+    skipped = [n for n in VARIANTS if n not in variants]
 
-    built = {name: build(device, ckpt, overrides) for name, (_, ckpt) in VARIANTS.items()}
+    built = {name: build(device, ckpt, overrides) for name, (_, ckpt) in variants.items()}
     config = next(iter(built.values()))[0]
     n_params = sum(p.numel() for p in built[BASELINE][1].parameters() if p.requires_grad)
     fixed = 16 * n_params
@@ -160,7 +169,14 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(f"{batch_size:>5}  {name:<10} {row['steps_per_s']:>8.3f} {row['pairs_per_s']:>8.2f} {row['ratio']:>7.2f} "
                   f"{act / 2**20:>20.1f} " + " ".join(f"{n:>18d}" for n in largest), flush=True)
-    print(f"\nload average during the timings: {rows[0]['load_before']:.1f}-{rows[-1]['load_after']:.1f}. "
+        for name in skipped:
+            note = "not applicable: no native bfloat16 here (emulated; --emulated-bf16 times it)"
+            rows.append({"batch": batch_size, "variant": name, "bf16_autocast": True, "checkpointing": VARIANTS[name][1],
+                         "seconds": [], "steps_per_s": float("nan"), "pairs_per_s": float("nan"), "ratio": float("nan"),
+                         "note": note})
+            print(f"{batch_size:>5}  {name:<10} {note}", flush=True)
+    timed = [r for r in rows if r["seconds"]]
+    print(f"\nload average during the timings: {timed[0]['load_before']:.1f}-{timed[-1]['load_after']:.1f}. "
           "max batch: (budget - fixed) / saved activations per pair, a lower bound of the real peak.")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)

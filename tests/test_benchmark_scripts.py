@@ -4,10 +4,13 @@ and report what the README table is built from."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
 from conftest import REPO
+
+from s1s2_encoders.models.compute import cpu_has_native_bf16
 
 
 def run(script: str, *args: str) -> subprocess.CompletedProcess:
@@ -18,24 +21,34 @@ def run(script: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_embed_benchmark_reports_ratios_and_agreement(tmp_path):
+    """bfloat16-only paths are timed where the CPU runs bfloat16 natively and reported "not applicable"
+    (without running for minutes) where it does not; the default path applies everywhere."""
     out = tmp_path / "embed.json"
     done = run("embed.py", "--tiny", "--sizes", "64", "--batches", "2", "--repeats", "1", "--json", str(out),
-               "--paths", "naive-fp32,embed-fp32,bf16-weights,embed-auto,channels-last-bf16")
+               "--paths", "naive-fp32,embed-fp32,bf16-weights,embed-auto,engine-auto,channels-last-bf16")
     report = json.loads(out.read_text())
     rows = {(r["arch"], r["path"]): r for r in report["results"]}
     assert set(rows) == {
-        ("swin-t", "naive-fp32"), ("swin-t", "embed-fp32"), ("swin-t", "bf16-weights"), ("swin-t", "embed-auto"),
-        ("resnet50", "naive-fp32"), ("resnet50", "embed-fp32"), ("resnet50", "bf16-weights"), ("resnet50", "embed-auto"),
-        ("resnet50", "channels-last-bf16"),  # channels-last applies to ResNet only
-    }
+        (arch, path) for arch in ("swin-t", "resnet50")
+        for path in ("naive-fp32", "embed-fp32", "bf16-weights", "embed-auto", "engine-auto")
+    } | {("resnet50", "channels-last-bf16")}  # channels-last applies to ResNet only
+    native = cpu_has_native_bf16()
+    assert report["machine"]["native_bf16"] is native
+    assert report["machine"]["cpu_class"].startswith("avx512_bf16" if native else ("amx_bf16", "no native bf16"))
+    assert done.stdout.startswith(f"# CPU class: {report['machine']['cpu_class']}")
     for (arch, path), row in rows.items():
+        if path in ("bf16-weights", "channels-last-bf16") and not native:
+            assert row["note"].startswith("not applicable: no native bfloat16") and row["seconds"] == []
+            assert math.isnan(row["pairs_per_s"])
+            continue
         assert row["pairs_per_s"] > 0 and row["gflop_per_pair"] > 0 and row["peak_gflops"] > 0
         assert row["cosine_min"] >= 0.999, (arch, path, row["cosine_min"])
-        if path in ("naive-fp32", "embed-fp32"):
+        if path in ("naive-fp32", "embed-fp32") or (path.endswith("-auto") and not native):
             assert row["max_abs_diff"] < 1e-4  # float32 paths reproduce the baseline
     assert rows[("swin-t", "naive-fp32")]["ratio"] == 1.0
     assert "x base" in done.stdout and "embed-auto" in done.stdout
-    assert report["machine"]["torch_threads"] >= 1 and "bfloat16" in report["peak_gflops"]
+    assert report["machine"]["torch_threads"] >= 1
+    assert math.isnan(report["peak_gflops"]["bfloat16"]) is (not native) and report["peak_gflops"]["float32"] > 0
 
 
 def test_train_throughput_benchmark_runs(tmp_path):
@@ -47,7 +60,13 @@ def test_train_throughput_benchmark_runs(tmp_path):
     assert variants["fp32"]["ratio"] == 1.0
     # activation checkpointing keeps fewer tensors for the backward pass
     assert variants["fp32+ckpt"]["saved_activation_bytes_per_pair"] < variants["fp32"]["saved_activation_bytes_per_pair"]
-    assert all(r["steps_per_s"] > 0 for r in variants.values())
+    native = cpu_has_native_bf16()
+    assert report["machine"]["native_bf16"] is native
+    for name, row in variants.items():
+        if name.startswith("bf16") and not native:
+            assert row["note"].startswith("not applicable") and math.isnan(row["steps_per_s"])
+        else:
+            assert row["steps_per_s"] > 0
 
 
 def test_scene_memory_benchmark_reports_memory_and_the_throughput_ratio(tmp_path):
