@@ -11,9 +11,9 @@ An exported embedder takes raw inputs and returns the pooled embedding, exactly 
   per-modality export).
 
 The batch size, height and width are all dynamic (any ``H, W >= 33``; non-multiples of 32 are
-padded inside the graph exactly as ``embed`` does). ResNet towers are traced through the
-backbone's own forward. Swin towers are traced through :func:`models.swin_graph.swin_pooled`, the
-same arithmetic written without size-dependent reshapes (timm's shifted-window padding would pin
+padded inside the graph exactly as ``embed`` does). Both are traced through the backbone's
+own ``encode``; for Swin towers that reads out through :func:`models.swin_graph.swin_pooled` when
+traced, the same arithmetic written without size-dependent reshapes (timm's shifted-window padding would pin
 the program to the example's size), and traced with ``backed_size_oblivious`` so that no size is
 assumed to be 0 or 1. Inputs must be finite (no nodata masking in the graph).
 
@@ -38,7 +38,7 @@ from torch import nn
 
 from .errors import ExportError, InputShapeError
 from .models.backbone import S1S2Backbone
-from .models.swin_graph import check_swin_structure, swin_pooled
+from .models.swin_graph import check_swin_structure
 from .models.towers import TOTAL_STRIDE, is_swin
 
 ExportFormat = Literal["onnx", "torch-export"]
@@ -71,10 +71,8 @@ class _Embedder(nn.Module):
                 check_swin_structure(backbone.tower(modality))  # type: ignore[arg-type]
 
     def pooled(self, modality: str, x: torch.Tensor) -> torch.Tensor:
-        """``(B, D_m)`` pooled feature of one modality from raw input, as ``backbone.encode``."""
-        if self.swin:
-            normalized = self.backbone.normalizer(modality)(x)  # type: ignore[arg-type]
-            return swin_pooled(self.backbone.tower(modality), normalized).float()  # type: ignore[arg-type]
+        """``(B, D_m)`` pooled feature of one modality from raw input: ``backbone.encode``, which traces
+        Swin towers through :func:`models.swin_graph.swin_pooled` (see :func:`models.towers.tower_output`)."""
         return self.backbone.encode(modality, x).pooled  # type: ignore[arg-type]
 
 

@@ -66,8 +66,18 @@ def swin_skip_features(tower: nn.Module, x: torch.Tensor) -> tuple[list[torch.Te
         h = stage.downsample(h)  # Identity for stage 0
         if 0 < index < n_stages - 1:
             skips.append(h)
-        h = stage.blocks(h)
+        h = run_swin_blocks(stage.blocks, h)
     return skips, tower.norm(h)
+
+
+def run_swin_blocks(blocks: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``blocks(x)``; when traced (torch.export / torch.compile), the shape-generic form of the same
+    arithmetic (:func:`~.swin_graph.blocks_forward`), so the height and width stay symbolic."""
+    if torch.compiler.is_compiling():
+        from .swin_graph import blocks_forward
+
+        return blocks_forward(blocks, x)
+    return blocks(x)
 
 
 class PatchExpand(nn.Module):
@@ -126,7 +136,7 @@ class SwinDecoderStage(nn.Module):
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.concat_proj(torch.cat([x, skip], dim=-1))
-        return self.upsample(self.blocks(x))
+        return self.upsample(run_swin_blocks(self.blocks, x))
 
 
 class SwinUNetDecoder(nn.Module):
@@ -255,7 +265,10 @@ class FusionSegmentationHead(nn.Module):
 
     def forward(self, fused: torch.Tensor) -> torch.Tensor:
         x = self.norm(pixel_shuffle_nhwc(self.expand(fused), 4))
-        return self.classifier(x.permute(0, 3, 1, 2))
+        # The bias-free 1x1 convolution as a matrix product over the channels of the NHWC map: the same
+        # numbers, no layout change before it, and no memory-format question for torch.export to
+        # answer about the batch size.
+        return F.linear(x, self.classifier.weight.flatten(1)).permute(0, 3, 1, 2)
 
 
 __all__ = [

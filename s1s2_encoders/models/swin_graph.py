@@ -144,3 +144,23 @@ def swin_pooled(tower: nn.Module, x: torch.Tensor) -> torch.Tensor:
     inside = weight > 0
     total = (_zero_outside(x.flatten(1, 2), inside) * weight[None, :, None]).sum(dim=1)
     return total / weight.sum()
+
+
+def blocks_forward(blocks, x: torch.Tensor) -> torch.Tensor:
+    """A stage's ``SwinTransformerBlock`` sequence on a map ``(B, H, W, C)`` whose every token is real
+    (the segmenter's encoder and decoder stages, on inputs padded to a multiple of 32), written as
+    :func:`swin_pooled` writes them: padded to whole windows by gathering, every block through
+    :func:`_block_forward`, cropped back. Equal to ``blocks(x)`` (timm's own forward) to float32 rounding.
+    """
+    blocks = list(blocks)
+    if not blocks:
+        return x
+    _, h, w, _ = x.shape
+    wh, ww = blocks[0].window_size
+    padded = _pad_rows_cols(x, (1, 2), (ceil_div(h, wh) * wh, ceil_div(w, ww) * ww), (h, w), zero=False)
+    for block in blocks:
+        padded = _block_forward(block, padded, h, w)
+    # Cropped by gathering: a slice would give the symbolic size min(h, padded size), and nested
+    # min/max expressions over the stages make the symbolic shape algebra explode.
+    rows, cols = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+    return padded.index_select(1, rows).index_select(2, cols)

@@ -189,6 +189,12 @@ def tower_output(
         dense: also return the feature pyramid (cells without a valid pixel are NaN).
     """
     h, w = normalized.shape[-2:]
+    if is_swin(architecture) and not dense and valid is None and torch.compiler.is_compiling():
+        # Traced (torch.export, torch.compile): timm's window padding would pin the program to the example's
+        # size; the shape-generic form of the same arithmetic keeps H and W symbolic.
+        from .swin_graph import swin_pooled
+
+        return TowerOutput(pooled=swin_pooled(tower, normalized.to(tower_dtype(tower))).float())
     x = pad_to_stride(normalized).to(dtype=tower_dtype(tower), memory_format=input_memory_format(tower))
     # Integer ceil-division (ceil_div): exact, and symbolic sizes under torch.export stay symbolic.
     if dense:
