@@ -15,10 +15,22 @@ import numpy as np
 import rasterio
 from rasterio.warp import transform_bounds
 
+from conftest import tiny_config
+from s1s2_encoders import create_model, task_config
 from s1s2_encoders.stac import S2_COMMON_NAMES
 
 ES_KEYS = {band: key for key, band in S2_COMMON_NAMES.items()}  # B04 -> red
 COG = "image/tiff; application=geotiff; profile=cloud-optimized"
+
+
+def tiny_segmenter(seed: int = 0):
+    """A tiny segmentation model (ResNet-18 towers, fixed normalisation, 3 classes)."""
+    import torch
+
+    torch.manual_seed(seed)
+    config = task_config(tiny_config("resnet18", "fixed"), "segmentation", class_names=["water", "forest", "crops"],
+                         class_colors=[[0, 0, 255], [0, 128, 0], [250, 200, 0]], decoder={"channels": [16, 16, 16]})
+    return create_model(config).eval()
 
 
 def read_bands(path: Path) -> tuple[np.ndarray, dict]:
