@@ -134,6 +134,23 @@ def test_cli_embed_and_predict_take_items_and_match_the_geotiff_run(tmp_path, te
     assert meta["tags"]["S1S2_S2_PLATFORM"] == "Sentinel-2A"
 
 
+def test_scene_list_with_items(tmp_path, terramesh_items, capsys):
+    """A scene list names items like files (paths relative to the list)."""
+    s1_item, s2_items = terramesh_items
+    tiny_model("swin-t", "fixed").save_pretrained(tmp_path / "model")
+    listing = tmp_path / "scenes.txt"
+    out = tmp_path / "out"
+    out.mkdir()
+    listing.write_text(f"{s1_item} {s2_items['earth-search']} out/a.tif\n"
+                       f"- {s2_items['planetary-computer']} out/b.tif\n", encoding="utf-8")
+    assert main(["embed", "--model", str(tmp_path / "model"), "--scenes", str(listing), "--modality", "s2", "-o", str(out),
+                 "--tile", "224", "--dtype", "float32", "--quiet"]) == 0
+    assert "2 scene(s): 2 written" in capsys.readouterr().out
+    first, second = read(out / "a.tif")[0], read(out / "b.tif")[0]
+    assert first.shape == (128, 7, 7)  # S2 features at stride 32
+    np.testing.assert_allclose(first, second, atol=1e-3, rtol=0)  # both namings, the same S2 values
+
+
 @pytest.mark.parametrize("properties,offset,where", [
     ({"s2:processing_baseline": "05.09"}, 1000.0, "s2:processing_baseline=05.09"),
     ({"s2:processing_baseline": "04.00"}, 1000.0, "s2:processing_baseline=04.00"),
