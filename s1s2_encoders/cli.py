@@ -393,15 +393,15 @@ def _add_scene_options(p: argparse.ArgumentParser) -> None:
     """Input, tiling and run options shared by ``embed`` and ``predict``."""
     inputs = p.add_argument_group("inputs (one scene: --s1/--s2 FILES -o FILE; many: --scenes LIST or glob patterns, -o FOLDER)")
     inputs.add_argument("--s1", nargs="+", metavar="PATH",
-                        help="Sentinel-1 GeoTIFF (VV, VH in dB), or per-band files / a folder of them; with -o FOLDER a quoted glob pattern")
+                        help="Sentinel-1 GeoTIFF (VV, VH in dB), or per-band files / a folder of them, or a STAC item (JSON file or URL; Planetary Computer sentinel-1-rtc linear power is converted to dB); with -o FOLDER a quoted glob pattern")
     inputs.add_argument("--s2", nargs="+", metavar="PATH",
-                        help="Sentinel-2 GeoTIFF with all bands, or per-band files at 10/20/60 m (resampled to the 10 m grid) / a folder of them (BigEarthNet, SAFE IMG_DATA)")
+                        help="Sentinel-2 GeoTIFF with all bands, or per-band files at 10/20/60 m (resampled to the 10 m grid) / a folder of them (BigEarthNet, SAFE IMG_DATA), or a STAC item (JSON file or URL; Planetary Computer B01..B12 or Earth Search common-name assets; offset from the item)")
     inputs.add_argument("--scenes", metavar="LIST", help="text file, one scene per line: S1 S2 [OUTPUT] ('-' for a missing modality)")
     inputs.add_argument("--s1-bands", type=_csv, metavar="NAMES", help="band names of the S1 input in order, comma-separated ('-' for unused bands); default: band descriptions, else VV,VH")
     inputs.add_argument("--s2-bands", type=_csv, metavar="NAMES", help="band names of the S2 input in order (e.g. the 12 L2A bands), '-' for unused bands; default: band descriptions / file names, else model order")
     inputs.add_argument("--s1-linear", action="store_true", help="S1 holds linear power: convert to dB (10 log10)")
     inputs.add_argument("--s2-offset", type=_offset, default=None, metavar="auto|DN",
-                        help="digital numbers to subtract from S2 (1000 for processing baseline >= 04.00, i.e. from 25 Jan 2022); auto (default): from the product metadata when present, else 0 with a warning if the values look offset")
+                        help="digital numbers to subtract from S2 (1000 for processing baseline >= 04.00, i.e. from 25 Jan 2022); auto (default): from the product metadata (file tags, a STAC item's s2:processing_baseline / earthsearch:boa_offset_applied) when present, else 0 with a warning if the values look offset")
     inputs.add_argument("--align", action="store_true", help="warp S1 onto the S2 grid when their CRS/transform/size differ (default: refuse)")
     inputs.add_argument("--resampling", default="bilinear", choices=("nearest", "bilinear", "cubic", "average"),
                         help="resampling for 20/60 m bands and --align (default bilinear)")

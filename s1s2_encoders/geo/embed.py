@@ -172,6 +172,7 @@ def embed_scene(
         "S1S2_CHANNELS": ", ".join(f"{m}: bands {a + 1}-{b}" for m, (a, b) in zip(modalities, groups)),
         "S1S2_S2_OFFSET": f"{scene.s2_offset:g} ({scene.s2_offset_source or 'none given'})" if "s2" in modalities else "",
         "S1S2_INPUTS": "; ".join(f"{m}: {', '.join(str(p) for p in s.paths)}" for m, s in scene.sources.items()),
+        **scene.input_tags(),  # a STAC item's id, datetime, platform ...
         **(extra_tags or {}),
     }
     if fmt == "npy":

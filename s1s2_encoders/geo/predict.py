@@ -152,6 +152,7 @@ def predict_scene(
         "S1S2_OVERLAP": str(plan.overlap),
         "S1S2_S2_OFFSET": f"{scene.s2_offset:g} ({scene.s2_offset_source or 'none given'})" if "s2" in modalities else "",
         "S1S2_INPUTS": "; ".join(f"{m}: {', '.join(str(p) for p in s.paths)}" for m, s in scene.sources.items()),
+        **scene.input_tags(),  # a STAC item's id, datetime, platform ...
         **(extra_tags or {}),
     }
     colormap = {i: (*c, 255) for i, c in enumerate(colors)}

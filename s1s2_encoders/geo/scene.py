@@ -17,8 +17,9 @@ from ..bands import Modality
 from ..errors import GridMismatchError, InputShapeError, UnitsError
 from ..inputs import check_input_units
 from ..preprocess import looks_like_s2_offset
+from ..stac import display_href, is_url
 from .grid import Grid, check_same_grid
-from .sources import LABEL, ModalitySource, open_modality, s2_offset_from_metadata
+from .sources import LABEL, ArraySource, ModalitySource, open_modality, s2_offset_from_metadata
 
 MODALITY_CHOICES = ("both", "s1", "s2")
 
@@ -28,7 +29,10 @@ class SceneInputs:
     """Where a scene's data are and how to read them (the input options of ``s1s2 embed/predict``).
 
     Attributes:
-        s1 / s2: file paths (one multi-band file, or per-band files, folders, glob patterns).
+        s1 / s2: file paths (one multi-band file, or per-band files, folders, glob patterns, raster
+            URLs), or one STAC Item (a ``.json`` file, a URL, a :class:`pystac.Item`), or an
+            already built source (an :class:`~s1s2_encoders.geo.sources.ArraySource` from
+            :mod:`s1s2_encoders.xarray`).
         s1_bands / s2_bands: band names of all input bands in order, ``"-"`` for unused ones;
             ``None`` reads them from the files.
         s1_linear: S1 holds linear power (converted to dB).
@@ -39,8 +43,8 @@ class SceneInputs:
         resampling: resampling for per-band files coarser than 10 m and for ``align``.
     """
 
-    s1: Sequence[str | os.PathLike[str]] | None = None
-    s2: Sequence[str | os.PathLike[str]] | None = None
+    s1: Sequence[Any] | ModalitySource | None = None
+    s2: Sequence[Any] | ModalitySource | None = None
     s1_bands: Sequence[str] | None = None
     s2_bands: Sequence[str] | None = None
     s1_linear: bool = False
@@ -53,8 +57,16 @@ class SceneInputs:
         out: dict[str, Any] = {}
         for name in ("s1", "s2"):
             paths = getattr(self, name) or []
+            if isinstance(paths, ModalitySource):
+                out[name] = [[str(p), None, None] for p in paths.paths]
+                continue
             entries = []
-            for p in paths:
+            for p in _as_list(paths):
+                if is_url(p) or not isinstance(p, (str, os.PathLike)):
+                    # A URL or a pystac.Item: named, not stat-ed (a signed URL's query changes per signing).
+                    shown = display_href(p) if isinstance(p, str) else f"STAC item {getattr(p, 'id', p)}"
+                    entries.append([shown, None, None])
+                    continue
                 path = Path(p)
                 stat = path.stat() if path.exists() else None
                 entries.append([str(path.resolve()), stat.st_size if stat else None,
@@ -83,6 +95,14 @@ class Scene:
     s2_offset_source: str = ""
     notes: list[str] = field(default_factory=list)
 
+    def input_tags(self) -> dict[str, str]:
+        """Output metadata about the inputs: each STAC item's id, collection, datetime, platform
+        and href (``S1S2_S1_STAC_ITEM``, ``S1S2_S2_DATETIME``, ...); empty for plain files."""
+        tags: dict[str, str] = {}
+        for source in self.sources.values():
+            tags.update(source.tags)
+        return tags
+
 
 def open_scene(inputs: SceneInputs, modalities: Sequence[Modality], s1_bands: Sequence[str],
                s2_bands: Sequence[str]) -> Scene:
@@ -101,17 +121,23 @@ def open_scene(inputs: SceneInputs, modalities: Sequence[Modality], s1_bands: Se
     sources: dict[str, ModalitySource] = {}
     for modality in modalities:
         paths = inputs.s1 if modality == "s1" else inputs.s2
-        if not paths:
+        if paths is None or (not isinstance(paths, ModalitySource) and not paths):
             raise InputShapeError(
                 f"the model's {LABEL[modality]} tower is used (modality {'both' if len(modalities) == 2 else modality}) "
                 f"but no {LABEL[modality]} input was given (--{modality})"
             )
+        if isinstance(paths, ModalitySource):
+            if paths.modality != modality:
+                raise InputShapeError(f"the {LABEL[modality]} input is a {paths.label} source ({_shown(paths)})")
+            sources[modality] = paths
+            continue
         sources[modality] = open_modality(
-            modality, paths, s1_bands if modality == "s1" else s2_bands,
+            modality, _as_list(paths), s1_bands if modality == "s1" else s2_bands,
             inputs.s1_bands if modality == "s1" else inputs.s2_bands,
             linear=inputs.s1_linear and modality == "s1", resampling=inputs.resampling,
         )
     notes = [f"{LABEL[m]}: ignored {', '.join(s.ignored)}" for m, s in sources.items() if s.ignored]
+    notes += [note for s in sources.values() for note in s.notes]
     for modality, source in sources.items():
         if source.selection.missing:
             warn_user(
@@ -122,10 +148,12 @@ def open_scene(inputs: SceneInputs, modalities: Sequence[Modality], s1_bands: Se
     if "s1" in sources and "s2" in sources:
         s1, s2 = sources["s1"], sources["s2"]
         if not s1.grid.same_as(s2.grid):
-            if not inputs.align:
+            arrays = isinstance(s1, ArraySource) or isinstance(s2, ArraySource)
+            if not inputs.align or arrays:
                 check_same_grid(
                     ("S1", _shown(s1), s1.grid), ("S2", _shown(s2), s2.grid),
-                    hint="Pass --align to warp S1 onto the S2 grid with rasterio, or resample the files yourself.",
+                    hint="Reproject one onto the other first (rioxarray: s1.rio.reproject_match(s2))." if arrays else
+                    "Pass --align to warp S1 onto the S2 grid with rasterio, or resample the files yourself.",
                 )
             if s1.grid.crs is None or s2.grid.crs is None:
                 raise GridMismatchError("--align needs both inputs to have a CRS")
@@ -140,6 +168,13 @@ def open_scene(inputs: SceneInputs, modalities: Sequence[Modality], s1_bands: Se
             found, where = s2_offset_from_metadata(sources["s2"])
             offset = found or 0.0
     return Scene(sources, grid, offset, where, notes)
+
+
+def _as_list(paths: Any) -> list[Any]:
+    """One path, URL or pystac.Item given on its own, rather than in a list, as a list."""
+    if isinstance(paths, (str, os.PathLike)) or not isinstance(paths, Sequence):
+        return [paths]
+    return list(paths)
 
 
 def _shown(source: ModalitySource) -> str:

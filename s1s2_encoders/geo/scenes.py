@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import InputShapeError, RasterReadError
+from ..stac import is_url
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,8 @@ def scenes_from_file(path: Path, out_dir: Path, suffix: str) -> list[SceneJob]:
     """Read a scene list: one scene per line, ``S1 S2 [OUTPUT]`` separated by white space.
 
     ``-`` stands for a modality that is not given; S2 may be a folder of per-band files or a
-    quoted glob pattern; paths are relative to the list's folder; ``#`` starts a comment.
+    quoted glob pattern; either may be a STAC item (``.json`` file or URL); paths are relative to
+    the list's folder (URLs are taken as they are); ``#`` starts a comment.
     Outputs default to ``OUT_DIR/<name of the S2 input (else S1)><suffix>``.
 
     Raises:
@@ -147,7 +149,7 @@ def scenes_from_file(path: Path, out_dir: Path, suffix: str) -> list[SceneJob]:
             )
 
         def resolve(p: str) -> str:
-            return p if os.path.isabs(p) else str(base / p)
+            return p if os.path.isabs(p) or is_url(p) else str(base / p)
 
         s1 = None if fields[0] == "-" else (resolve(fields[0]),)
         s2 = None if fields[1] == "-" else (resolve(fields[1]),)
