@@ -297,6 +297,8 @@ def _download(
             raise
 
     config_path = fetch(CONFIG_FILENAME)
+    assert config_path is not None
+    read_config(config_path.parent)  # a config this package refuses stops here, before the weights download
     weights_path = fetch(WEIGHTS_FILENAME)
     fetch(MODEL_CARD_FILENAME, required=False)
     assert config_path is not None and weights_path is not None

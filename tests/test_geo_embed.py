@@ -402,3 +402,14 @@ def test_resume_with_another_precision_is_refused_naming_both(tmp_path, monkeypa
     result = embed_scene(model, inputs, out, dtype="float32", **options)
     assert result.resumed_from_row == record["rows_done"] and out.is_file()
 
+
+
+@pytest.mark.parametrize("offset", [-1000.0, float("nan"), float("inf")])
+def test_a_bad_s2_offset_of_a_scene_is_refused_before_reading(tmp_path, offset):
+    from s1s2_encoders.errors import OptionError
+
+    s1, s2 = synthetic_scene(64, 64, seed=1)
+    p1, p2 = write_raster(tmp_path / "s1.tif", s1), write_raster(tmp_path / "s2.tif", s2)
+    with pytest.raises(OptionError, match=r"s2_offset must be None or a finite number of digital numbers >= 0"):
+        embed_scene(tiny_model(), SceneInputs(s1=[p1], s2=[p2], s2_offset=offset), tmp_path / "e.tif", progress=False)
+    assert not (tmp_path / "e.tif").exists()

@@ -189,3 +189,27 @@ def test_unknown_names_and_paths(tmp_path):
         load_backbone(tmp_path / "empty")
     with pytest.raises(ModelNotFoundError, match=r"not a valid hub reference"):
         load_backbone("hf-hub:not a repo")
+
+
+def test_a_hub_config_that_would_steer_timm_is_refused_before_the_weights_are_downloaded(saved, tmp_path, monkeypatch):
+    """A checkpoint folder is data: a config.json whose tower_kwargs name a file for timm to load is refused
+    once config.json is read, and model.safetensors is never requested."""
+    import json
+    import shutil
+
+    from s1s2_encoders import ConfigError
+
+    folder, _, _ = saved
+    steering = tmp_path / "steering"
+    shutil.copytree(folder, steering)
+    config = json.loads((steering / "config.json").read_text())
+    config["tower_kwargs"]["checkpoint_path"] = "/etc/passwd"
+    (steering / "config.json").write_text(json.dumps(config))
+    fake = FakeHub()
+    fake.add_folder("s1s2-test/steering", steering)
+    with HubServer(fake) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        with pytest.raises(ConfigError, match=r"checkpoint_path"):
+            load_backbone("hf-hub:s1s2-test/steering", cache_dir=tmp_path / "cache")
+        assert not any(path.endswith("model.safetensors") for _, path in fake.requests)

@@ -15,7 +15,7 @@ import torch
 from .._warnings import warn_user
 from ..bands import Modality
 from ..errors import GridMismatchError, InputShapeError, UnitsError
-from ..inputs import check_input_units
+from ..inputs import check_input_units, check_s2_offset
 from ..preprocess import looks_like_s2_offset
 from ..stac import display_href, is_url
 from .grid import Grid, check_same_grid
@@ -163,6 +163,7 @@ def open_scene(inputs: SceneInputs, modalities: Sequence[Modality], s1_bands: Se
     offset, where = 0.0, ""
     if "s2" in sources:
         if inputs.s2_offset is not None:
+            check_s2_offset(inputs.s2_offset)
             offset, where = float(inputs.s2_offset), "--s2-offset"
         else:
             found, where = s2_offset_from_metadata(sources["s2"])
