@@ -4,7 +4,7 @@ strict save/load, backbone freezing, fusion variants, nodata masking and head-co
 import numpy as np
 import pytest
 import torch
-from conftest import TERRAMESH_IDS, terramesh_pair, tiny_config, tiny_model
+from conftest import TERRAMESH_IDS, synthetic_pair, terramesh_pair, tiny_config, tiny_model
 
 from s1s2_encoders import (
     DFC2020_CLASS_COLORS,
@@ -339,3 +339,33 @@ def test_forward_exports_to_onnx_and_matches_onnxruntime(architecture, tmp_path)
         expected = model(s1, s2).numpy()
     assert out.shape == (1, 8, 64, 96)
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_predict_and_scenes_leave_the_model_where_it_is_and_in_its_mode(tmp_path):
+    """predict / predict_scene / embed_scene compute on the caller's model without moving it or leaving it
+    in eval mode; another device computes with a copy ("meta" stands in for a GPU: it computes shapes)."""
+    from geo_helpers import write_scene
+
+    from s1s2_encoders.geo import SceneInputs, embed_scene, predict_scene
+    from s1s2_encoders.models.engine import ModalityBatch
+
+    torch.manual_seed(0)
+    segmenter = S1S2Segmenter(task_config(tiny_config("resnet18", "fixed"), "segmentation", decoder={"channels": [16, 8, 8]}))
+    segmenter.train()
+    pointers = [p.data_ptr() for p in segmenter.parameters()]
+    s1, s2 = synthetic_pair((2,), 64, 64)
+    segmenter.predict(s1, s2)
+    p1, p2 = write_scene(tmp_path, 96, 96)
+    predict_scene(segmenter, SceneInputs(s1=[p1], s2=[p2], s2_offset=0), tmp_path / "map.tif", tile=64, overlap=32,
+                  progress=False)
+    engine = segmenter.inference_engine("float32", device="meta")
+    probs = engine.predict_batch({"s1": ModalityBatch(torch.from_numpy(s1)), "s2": ModalityBatch(torch.from_numpy(s2))})
+    assert probs.device.type == "meta" and probs.shape == (2, segmenter.num_classes, 64, 64)
+    assert segmenter.training and all(m.training for m in segmenter.modules())
+    assert [p.data_ptr() for p in segmenter.parameters()] == pointers and all(p.device.type == "cpu" for p in segmenter.parameters())
+
+    backbone = load_backbone(tiny_config("swin-t", "fixed"))
+    backbone.train()
+    embed_scene(backbone, SceneInputs(s1=[p1], s2=[p2], s2_offset=0), tmp_path / "emb.tif", tile=64, overlap=32,
+                progress=False)
+    assert backbone.training
