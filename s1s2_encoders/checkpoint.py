@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import CONFIG_FILENAME, MODEL_CARD_FILENAME, WEIGHTS_FILENAME, ModelConfig
-from .durable import fsync_path
+from .durable import replace_folder
 from .errors import CheckpointError, ConfigError, ModelNotFoundError
 
 _MAX_LISTED_KEYS = 25
@@ -75,14 +75,7 @@ def write_checkpoint(
         for name in (WEIGHTS_FILENAME, CONFIG_FILENAME, MODEL_CARD_FILENAME):
             with open(tmp / name, "rb") as handle:
                 os.fsync(handle.fileno())
-        if folder.exists():
-            backup = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(folder, backup)
-            os.replace(tmp, folder)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-        fsync_path(folder.parent)
+        replace_folder(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -9,6 +9,7 @@ the folder is flushed after (:func:`fsync_path`), which is what :func:`commit_fi
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -69,3 +70,21 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def replace_folder(new: str | os.PathLike[str], folder: str | os.PathLike[str]) -> Path:
+    """Put the complete folder ``new`` at ``folder`` with renames only: an existing ``folder`` is moved
+    aside first and deleted after, so ``folder`` is always either the old or the new one, never a mix.
+
+    ``new`` must be a sibling of ``folder`` (same file system) whose files are already on disk (fsynced).
+    """
+    new, folder = Path(new), Path(folder)
+    if folder.exists():
+        backup = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(folder, backup)
+        os.replace(new, folder)
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        os.replace(new, folder)
+    fsync_path(folder.parent)
+    return folder

@@ -44,7 +44,7 @@ from typing import Any
 
 from .checkpoint import sha256_file
 from .config import CONFIG_FILENAME, WEIGHTS_FILENAME
-from .durable import atomic_write_text, fsync_path
+from .durable import atomic_write_text, fsync_path, replace_folder
 from .errors import ChecksumError, CheckpointError, ModelNotCachedError
 from .gdrive import DriveFile, download_drive_file
 from .hub import ModelSource, is_offline, normalize_sha256
@@ -354,14 +354,7 @@ def _converter(folder: Path) -> str | None:
 
 def _replace(new: Path, folder: Path) -> None:
     """Put the complete folder ``new`` at ``folder`` (replacing an old one) with renames only."""
-    if folder.exists():
-        backup = folder.parent / f".old-{folder.name}-{uuid.uuid4().hex[:8]}"
-        os.replace(folder, backup)
-        os.replace(new, folder)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        os.replace(new, folder)
-    fsync_path(folder.parent)
+    replace_folder(new, folder)
 
 
 # --------------------------------------------------------------------------- maintenance

@@ -40,7 +40,7 @@ from torch import nn
 
 from ..errors import InputShapeError
 from ..inputs import ArrayLike, NodataPolicy, PreparedInput, prepare_pair
-from .compute import ComputeChoice, choose_compute, inference_context, parse_dtype, run_towers
+from .compute import ComputeChoice, choose_compute, inference_context, run_towers
 from .fast import InferenceTower
 from .towers import PYRAMID_STRIDES, TowerOutput, tower_output
 
