@@ -262,12 +262,16 @@ def test_the_default_path_never_computes_with_weights_the_model_no_longer_has(ar
     model.embed(s1, s2, s2_offset=1000, dtype="bfloat16")
     _edits()[edit](model)
     reference = model.embed(s1, s2, s2_offset=1000, dtype="float32")
-    for dtype, bar in (("auto", 1e-2), ("bfloat16", 5e-2)):
+    # bfloat16 rounding costs up to ~3 % of the largest value on these tiny towers; stale weights cost
+    # 40-50 %. "auto" is float32 on CPUs without native bf16 and bfloat16 where the CPU has it.
+    auto_bar = 5e-2 if model.inference_engine("auto").compute.dtype == torch.bfloat16 else 1e-2
+    for dtype, bar in (("auto", auto_bar), ("bfloat16", 5e-2)):
         fast = model.embed(s1, s2, s2_offset=1000, dtype=dtype)
         assert _relative_error(fast, reference) < bar, (dtype, _relative_error(fast, reference))
     dense = model.embed_dense(s1, s2, s2_offset=1000)
     dense_reference = model.embed_dense(s1, s2, s2_offset=1000, dtype="float32")
-    assert all(_relative_error(dense[s], dense_reference[s]) < 1e-2 for s in (4, 8, 16, 32))
+    errors = [_relative_error(dense[s], dense_reference[s]) for s in (4, 8, 16, 32)]
+    assert max(errors) < auto_bar, errors
 
 
 def test_an_engine_is_a_snapshot_until_refreshed(real_pair):
