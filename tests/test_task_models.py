@@ -75,7 +75,7 @@ def test_predict_equals_softmax_of_forward_and_forward_crops_to_the_input(segmen
     with torch.no_grad():
         logits = segmenter(x1, x2)
     assert logits.shape == (2, 8, 200, 150)
-    np.testing.assert_allclose(segmenter.predict(s1, s2, s2_offset=1000), torch.softmax(logits, 1).numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(segmenter.predict(s1, s2, s2_offset=1000, dtype="float32"), torch.softmax(logits, 1).numpy(), rtol=1e-4, atol=1e-6)
 
 
 def test_tensor_in_tensor_out(segmenter):
@@ -217,7 +217,7 @@ def test_from_backbone_copies_the_towers_and_the_classifier_pools_like_embed(rea
     with torch.no_grad():
         pooled = classifier.pooled_features({"s1": classifier.normalize("s1", x1), "s2": classifier.normalize("s2", x2)})
     np.testing.assert_allclose(pooled.numpy(), backbone.embed(s1, s2, s2_offset=1000, dtype="float32"), rtol=1e-5, atol=1e-5)
-    probs = classifier.predict(s1, s2, s2_offset=1000)
+    probs = classifier.predict(s1, s2, s2_offset=1000, dtype="float32")
     expected = torch.sigmoid(classifier.head(pooled)).detach().numpy()
     np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-6)
     # and back: the towers as a backbone embed exactly as before
