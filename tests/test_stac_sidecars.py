@@ -180,3 +180,24 @@ def test_cli_many_scenes_redo_a_scene_whose_item_is_missing(tmp_path, capsys):
     other.mkdir()
     assert main([*base, "-o", str(other), "--no-stac"]) == 0
     assert files_in(other) == sorted(f"{n}.tif" for n in names)
+
+
+def test_a_cog_output_gets_the_cloud_optimized_media_type(tmp_path):
+    from rasterio.transform import from_origin
+
+    from s1s2_encoders.geo.grid import Grid
+
+    grid = Grid(rasterio.crs.CRS.from_epsg(32633), from_origin(404400.0, 5342400.0, 10.0, 10.0), 512, 512)
+    for driver in ("COG", "GTiff"):
+        path = tmp_path / f"{driver}.tif"
+        with rasterio.open(path, "w", driver=driver, width=512, height=512, count=1, dtype="float32", crs=grid.crs,
+                           transform=grid.transform) as ds:
+            ds.write(np.zeros((1, 512, 512), np.float32))
+        stac_item.write_stac_item(path, asset_key="embeddings", grid=grid, product="embedding",
+                                  model_info={"name": "m", "loaded_from": "org/repo@abc123"}, tags={}, sources={},
+                                  embedding={"type": "pixel", "dimensions": 1, "data_type": "float32"})
+        item = pystac.Item.from_file(str(tmp_path / f"{driver}.json"))
+        cog = driver == "COG"
+        assert item.assets["embeddings"].media_type == (stac_item.COG_MEDIA_TYPE if cog else "image/tiff; application=geotiff")
+        model_links = [l.href for l in item.links if l.rel == "emb:model"]
+        assert model_links == ["https://huggingface.co/org/repo/tree/abc123"]

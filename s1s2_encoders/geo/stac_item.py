@@ -117,6 +117,17 @@ def footprint_4326(grid: Grid, densify: int = 8) -> tuple[dict[str, Any], list[f
     return {"type": "Polygon", "coordinates": [ring]}, [float(v) for v in bbox]
 
 
+def _has_cog_layout(path: Path) -> bool:
+    """Whether GDAL reports the COG layout (``LAYOUT=COG`` in IMAGE_STRUCTURE) for a GeoTIFF."""
+    import rasterio
+
+    try:
+        with rasterio.open(path) as ds:
+            return ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT", "").upper() == "COG"
+    except Exception:
+        return False
+
+
 def _signed_area(ring: list[list[float]]) -> float:
     return 0.5 * sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(ring[:-1], ring[1:]))
 
@@ -214,7 +225,8 @@ def write_stac_item(
         properties: more properties (``s1s2:*`` fields).
         embedding: for embeddings: ``{"type": "pixel"|"chip", "dimensions": int, "data_type": str,
             "quantization": dict | None, "chip_size": int | None}``.
-        cog: the GeoTIFF is a Cloud-Optimized GeoTIFF (media type profile).
+        cog: the GeoTIFF is a Cloud-Optimized GeoTIFF (media type profile); also found from the file's
+            ``LAYOUT=COG`` (IMAGE_STRUCTURE metadata) when not given.
         extra_assets: ``{key: (path, media type, roles)}`` (a quick-look, the ``.npy.json`` georeferencing).
 
     Returns:
@@ -273,7 +285,7 @@ def write_stac_item(
     item = pystac.Item(id=output.stem, geometry=geometry, bbox=bbox, datetime=when, properties=props,
                        stac_extensions=extensions)
     media = MEDIA_TYPES.get(output.suffix.lower(), "application/octet-stream")
-    if cog and output.suffix.lower() in (".tif", ".tiff"):
+    if output.suffix.lower() in (".tif", ".tiff") and (cog or _has_cog_layout(output)):
         media = COG_MEDIA_TYPE
     item.add_asset(asset_key, pystac.Asset(href=f"./{output.name}", media_type=media, roles=["data"],
                                            title=title or f"{product} ({output.name})"))
