@@ -25,7 +25,8 @@ Every chip of the tile grid has a row, also one without a single valid pixel: it
 is 0 and its embedding is all NaN (int8: all -128). The chips thus cover the scene exactly and NaN is
 nodata here as in every other output format; filter with ``valid_fraction > 0``.
 
-Rows are in Hilbert order of the chip centres (on the chip grid, :func:`hilbert_index`). The file
+Footprints are reprojected point by point: a chip across the antimeridian is not split (Sentinel-2 UTM
+tiles next to it are the only case). Rows are in Hilbert order of the chip centres (on the chip grid, :func:`hilbert_index`). The file
 metadata holds ``geo`` (GeoParquet 1.1.0) and ``s1s2`` (JSON: model, weights sha256, bands, units,
 normalisation, compute dtype, dimensions, quantisation, package version, native grid).
 
