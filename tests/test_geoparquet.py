@@ -243,6 +243,7 @@ def test_cli_two_scenes_give_one_parquet_each_with_one_schema(tmp_path, capsys):
     assert files_in(out) == sorted([f"{n}.parquet" for n in names] + [f"{n}.json" for n in names])
     schemas = [pq.read_schema(out / f"{n}.parquet").remove_metadata() for n in names]
     assert schemas[0].equals(schemas[1])
+    assert duckdb.sql(f"select count(*), count(distinct s2_item_id is null) from read_parquet('{out}/*.parquet')").fetchall() == [(8, 1)]
     for n in names:
         table = pq.read_table(out / f"{n}.parquet")
         assert table.num_rows == 4  # 120 x 120 px patches in 64 px chips
