@@ -419,6 +419,8 @@ def _add_scene_options(p: argparse.ArgumentParser) -> None:
     run.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS", help="with --resume: how often the partial output is made resumable (default 60)")
     run.add_argument("--no-check-units", dest="check_units", action="store_false", help="do not check for S2 reflectance in 0-1 / S1 in linear power")
     run.add_argument("--quiet", action="store_true", help="no progress line")
+    run.add_argument("--no-stac", dest="stac", action="store_false",
+                     help="do not write NAME.json, the STAC Item sidecar of each output (default: written when pystac is installed)")
 
 
 def _scene_inputs(args: argparse.Namespace, job):  # -> geo.SceneInputs
@@ -513,7 +515,11 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
     out.add_argument("--modality", default="both", choices=("both", "s1", "s2"), help="towers to run (default both)")
     out.add_argument("--stride", type=int, default=32, choices=(4, 8, 16, 32), help="input pixels per output cell of the dense map (pyramid level; default 32)")
     out.add_argument("--pooled", action="store_true", help="one pooled vector per non-overlapping --tile x --tile cell instead of a dense map")
-    out.add_argument("--format", dest="fmt", default="tif", choices=("tif", "npy"), help="tif (GeoTIFF) or npy ((H, W, C) float32 + NAME.json with CRS and transform)")
+    out.add_argument("--format", dest="fmt", default="tif", choices=("tif", "npy", "geoparquet"),
+                     help="tif (GeoTIFF), npy ((H, W, C) float32 + NAME.npy.json with CRS and transform) or, with --pooled, "
+                     "geoparquet (one row per chip: footprint in EPSG:4326, window, embedding, valid fraction; the 'geoparquet' extra)")
+    out.add_argument("--quantize", default="none", choices=("none", "int8"),
+                     help="int8: per-modality unit vectors x 127, -128 nodata, the rule in the file (default none: float32)")
     p.set_defaults(run=_run_embed)
 
 
@@ -524,7 +530,16 @@ def _run_embed(args: argparse.Namespace) -> int:
     from .geo.writers import is_complete_geotiff, is_own_output, npy_sidecar_path, refuse_foreign_outputs
     from .models import load_backbone
 
-    suffix = ".npy" if args.fmt == "npy" else ".tif"
+    from .errors import OptionError
+    from .geo.stac_item import is_own_item, stac_available, stac_item_path
+
+    if args.fmt == "geoparquet" and not args.pooled:
+        raise OptionError("--format geoparquet writes one row per chip: add --pooled (chip size: --tile)")
+    if args.fmt == "geoparquet" and args.resume:
+        raise OptionError("--resume does not apply to --format geoparquet (each scene's chips are written at its end); "
+                          "run without it: complete scenes are skipped anyway")
+    suffix = {"npy": ".npy", "geoparquet": ".parquet"}.get(args.fmt, ".tif")
+    stac = args.stac and stac_available()
     # With many scenes, work() only sees scenes that are not complete and whose existing outputs the
     # package wrote itself (run_jobs refuses others' files): those leftovers are replaced.
     multi = is_multi_scene(args.output, args.scenes)
@@ -533,7 +548,8 @@ def _run_embed(args: argparse.Namespace) -> int:
         return load_backbone(name, device=device)
 
     def outputs(job) -> list[Path]:
-        return [job.output] + ([npy_sidecar_path(job.output)] if args.fmt == "npy" else [])
+        return ([job.output] + ([npy_sidecar_path(job.output)] if args.fmt == "npy" else [])
+                + ([stac_item_path(job.output)] if stac else []))
 
     def work(model, job, label: str, device: str):
         if not multi and not args.overwrite:
@@ -545,12 +561,17 @@ def _run_embed(args: argparse.Namespace) -> int:
             pooled=args.pooled, tile=tile, overlap=args.overlap, batch_size=args.batch_size, device=device,
             dtype=args.dtype, fmt=args.fmt, compress=args.compress, overwrite=args.overwrite or multi, resume=args.resume,
             check_units=args.check_units, progress=not args.quiet, label=label, extra_tags=_writer_tags(),
-            checkpoint_every=args.checkpoint_every,
+            checkpoint_every=args.checkpoint_every, quantize=args.quantize, stac=args.stac,
         )
 
     def is_complete(job) -> bool:
+        # The STAC Item is written right after the output is committed: a scene without it is redone.
+        if stac and not is_own_item(stac_item_path(job.output)):
+            return False
         if args.fmt == "npy":  # the sidecar is written just before the array is renamed into place
             return job.output.is_file() and is_own_output(npy_sidecar_path(job.output))
+        if args.fmt == "geoparquet":  # written whole at the end, so a parquet of ours is complete
+            return is_own_output(job.output)
         return is_complete_geotiff(job.output)
 
     return _run_scenes(args, suffix, load, work, is_complete, outputs)
@@ -589,17 +610,23 @@ def _run_predict(args: argparse.Namespace) -> int:
 
     from .geo.predict import predict_scene
     from .geo.runner import is_multi_scene
+    from .geo.stac_item import is_own_item, stac_available, stac_item_path
     from .geo.writers import is_complete_geotiff, is_own_output
     from .models import load_model
 
     multi = is_multi_scene(args.output, args.scenes)
+    stac = args.stac and stac_available()
 
     def sides(job) -> tuple[Path | None, Path | None]:
         return (_side_output(args.probabilities, job.output, "_probabilities.tif", multi),
                 _side_output(args.preview, job.output, ".png", multi))
 
+    def items(job) -> list[Path]:
+        probabilities = sides(job)[0]
+        return [stac_item_path(p) for p in (job.output, probabilities) if p is not None] if stac else []
+
     def outputs(job) -> list[Path]:
-        return [job.output, *(p for p in sides(job) if p is not None)]
+        return [job.output, *(p for p in sides(job) if p is not None), *items(job)]
 
     def load(name: str, device: str):
         return load_model(name, device=device)
@@ -610,13 +637,13 @@ def _run_predict(args: argparse.Namespace) -> int:
             model, _scene_inputs(args, job), job.output, probabilities=probabilities, preview=preview, tile=args.tile,
             overlap=args.overlap, batch_size=args.batch_size, device=device, dtype=args.dtype, compress=args.compress,
             overwrite=args.overwrite or multi, resume=args.resume, check_units=args.check_units, progress=not args.quiet,
-            label=label, extra_tags=_writer_tags(), checkpoint_every=args.checkpoint_every,
+            label=label, extra_tags=_writer_tags(), checkpoint_every=args.checkpoint_every, stac=args.stac,
         )
 
     def is_complete(job) -> bool:
         probabilities, preview = sides(job)
         return (is_complete_geotiff(job.output) and (probabilities is None or is_complete_geotiff(probabilities))
-                and (preview is None or is_own_output(preview)))
+                and (preview is None or is_own_output(preview)) and all(is_own_item(p) for p in items(job)))
 
     return _run_scenes(args, ".tif", load, work, is_complete, outputs)
 

@@ -285,6 +285,7 @@ def embed_xarray(
             model, inputs, path, modality="both" if len(modalities) == 2 else modalities[0], stride=stride,
             pooled=pooled, tile=tile or (model.config.input_size if pooled else 448), overlap=overlap,
             batch_size=batch_size, device=device, dtype=dtype, fmt="npy", check_units=check_units, progress=progress,
+            stac=False,  # a temporary file: no Item to describe it
         )
         meta = json.loads(path.with_name(path.name + ".json").read_text(encoding="utf-8"))
         stored = np.load(path, mmap_mode="r")  # (H, W, C) on disk; one copy into (C, H, W)
@@ -348,6 +349,7 @@ def predict_xarray(
         result = predict_scene(
             model, inputs, path, probabilities=probs_path, tile=tile, overlap=overlap, batch_size=batch_size,
             device=device, dtype=dtype, compress="none", check_units=check_units, progress=progress,
+            stac=False,
         )
         with rasterio.open(path) as src:
             classes, tags = src.read(1), src.tags()

@@ -226,7 +226,7 @@ def test_many_scene_embed_replaces_only_its_own_leftovers(tmp_path, backbone_fol
         assert is_complete_geotiff(out / f"{name}.tif")
         with rasterio.open(out / f"{name}.tif") as ds:
             assert ds.count == 1024 and (ds.height, ds.width) == (2, 2)
-    assert files_in(out) == ["a.tif", "b.tif", "c.tif", "d.tif"]
+    assert files_in(out) == ["a.tif", "b.tif", "c.json", "c.tif", "d.json", "d.tif"]
 
     # Again: the complete ones are skipped, the foreign ones still refused ...
     assert main(args) == 2
@@ -251,7 +251,7 @@ def test_npy_sidecars_are_not_replaced_unless_they_are_the_package_own(tmp_path,
     captured = capsys.readouterr()
     assert f"FAILED a: {refused(foreign)}" in captured.err
     assert foreign.read_text() == '{"mine": true}\n'
-    assert files_in(out) == ["a.npy.json", "b.npy", "b.npy.json"]
+    assert files_in(out) == ["a.npy.json", "b.json", "b.npy", "b.npy.json"]
     # One scene, no --overwrite: a foreign sidecar beside a new -o file is refused too.
     single = ["embed", "--model", str(backbone_folder), "--s1", str(tmp_path / "s1" / "a.tif"), "--s2",
               str(tmp_path / "s2" / "a.tif"), "-o", str(out / "a.npy"), "--format", "npy", "--tile", "64",
@@ -288,7 +288,8 @@ def test_many_scene_predict_refuses_foreign_side_outputs_and_tags_its_previews(t
     assert f"FAILED b: {refused(foreign_probabilities)}" in captured.err
     assert {p: p.read_bytes() for p in before} == before
     # Nothing of a refused scene is written (its map is not made without its preview).
-    assert files_in(out) == ["a.png", "b_probabilities.tif", "c.png", "c.tif", "c_probabilities.tif"]
+    assert files_in(out) == ["a.png", "b_probabilities.tif", "c.json", "c.png", "c.tif", "c_probabilities.json",
+                             "c_probabilities.tif"]
     assert writers.is_own_output(out / "c.png")  # the quick-look carries S1S2 tags in PNG text chunks
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)

@@ -56,7 +56,7 @@ def test_cli_embed_real_terramesh_pair_keeps_crs_and_transform(tmp_path, swin_fo
     # One tile covers the whole pair: the file holds exactly the model's dense stride-16 map.
     expected = model.embed_dense(s1, s2, s2_offset=1000)[16][0]
     np.testing.assert_allclose(values, expected, rtol=1e-5, atol=1e-5)
-    assert files_in(tmp_path) == ["emb.tif"]  # no partial files left behind
+    assert files_in(tmp_path) == ["emb.json", "emb.tif"]  # the STAC Item; no partial files left behind
 
 
 def test_cli_embed_bigearthnet_per_band_scene_list(tmp_path, swin_folder, capsys):
@@ -199,7 +199,7 @@ def test_npy_output_matches_the_geotiff(tmp_path):
     inputs = SceneInputs(s1=[p1], s2=[p2], s2_offset=0)
     embed_scene(model, inputs, tmp_path / "e.tif", tile=96, overlap=32, stride=16, progress=False)
     result = embed_scene(model, inputs, tmp_path / "e.npy", tile=96, overlap=32, stride=16, fmt="npy", progress=False)
-    assert result.outputs == [tmp_path / "e.npy", tmp_path / "e.npy.json"]
+    assert result.outputs == [tmp_path / "e.npy", tmp_path / "e.npy.json", tmp_path / "e.json"]
     array = np.load(tmp_path / "e.npy")
     values, meta = read(tmp_path / "e.tif")
     assert array.shape == (7, 9, 128) and array.dtype == np.float32
@@ -286,7 +286,7 @@ def test_many_scenes_from_globs_pair_by_wildcard(tmp_path, swin_folder, capsys):
             "-o", f"{out}/", "--tile", "64", "--overlap", "0", "--quiet", "--s2-offset", "0"]
     assert main(args) == 0
     assert "3 scene(s): 3 written" in capsys.readouterr().out
-    assert files_in(out) == ["alpha.tif", "beta.tif", "gamma.tif"]
+    assert files_in(out) == ["alpha.json", "alpha.tif", "beta.json", "beta.tif", "gamma.json", "gamma.tif"]
     (tmp_path / "gamma" / "s1.tif").unlink()
     code = main(args)
     err = capsys.readouterr().err

@@ -77,7 +77,7 @@ def test_ctrl_c_with_resume_keeps_partial_output_and_resume_continues_to_the_sam
     assert proc.returncode == 0, stderr
     resumed = int(re.search(r"resumed at output row (\d+)", stdout).group(1))
     assert resumed >= rows_done
-    assert files_in(out_dir) == ["emb.tif"]
+    assert files_in(out_dir) == ["emb.json", "emb.tif"]
     np.testing.assert_array_equal(read(out)[0], read(reference)[0])
 
 

@@ -58,7 +58,7 @@ def test_cli_predict_real_pair_writes_a_georeferenced_map_probabilities_and_prev
     result = run_cli("predict", "--model", folder, "--s1", TM_S1, "--s2", TM_S2, "--s2-offset", "1000", "-o", out,
                      "--tile", "224", "--probabilities", "--preview")
     assert result.returncode == 0, result.stderr
-    assert files_in(tmp_path) == ["map.png", "map.tif", "map_probabilities.tif"]
+    assert files_in(tmp_path) == ["map.json", "map.png", "map.tif", "map_probabilities.json", "map_probabilities.tif"]
     classes, meta = read(out)
     with rasterio.open(TM_S2) as src:
         crs, transform, s2 = src.crs, src.transform, src.read()
@@ -161,8 +161,8 @@ def test_many_scenes_get_derived_probability_and_preview_names(tmp_path, segment
     args = ["predict", "--model", str(folder), "--scenes", str(tmp_path / "list.txt"), "-o", str(out), "--tile", "64",
             "--overlap", "0", "--probabilities", "--preview", "--quiet", "--s2-offset", "0"]
     assert main(args) == 0
-    assert files_in(out) == ["a_s2.png", "a_s2.tif", "a_s2_probabilities.tif", "b_s2.png", "b_s2.tif",
-                             "b_s2_probabilities.tif"]
+    assert files_in(out) == ["a_s2.json", "a_s2.png", "a_s2.tif", "a_s2_probabilities.json", "a_s2_probabilities.tif",
+                             "b_s2.json", "b_s2.png", "b_s2.tif", "b_s2_probabilities.json", "b_s2_probabilities.tif"]
     (out / "b_s2.png").unlink()  # an incomplete scene (its preview is missing) is done again
     assert main(args) == 0
     assert "2 scene(s): 1 written, 1 skipped (complete), 0 failed" in capsys.readouterr().out

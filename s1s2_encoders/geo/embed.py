@@ -1,8 +1,9 @@
-"""``embed_scene``: a whole S1/S2 scene -> a georeferenced embedding GeoTIFF (or ``.npy``)."""
+"""``embed_scene``: a whole S1/S2 scene -> a georeferenced embedding GeoTIFF (or ``.npy``, or GeoParquet chips)."""
 
 from __future__ import annotations
 
 import time
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,10 +19,14 @@ from ..models.engine import ModalityBatch
 from ..models.towers import PYRAMID_STRIDES, cell_origin_shift
 from .grid import Grid
 from .progress import Progress
+from .quantize import check_quantize, quantization_metadata
 from .scene import MODALITY_CHOICES, SceneInputs, check_first_batch, model_fingerprint, open_scene
 from .stream import Batch, stream_scene
 from .tiling import TilePlan
 from .writers import COMPRESSIONS, GeoTiffSink, NpySink, OutputSet, check_output_path
+from . import stac_item
+
+FORMATS = ("tif", "npy", "geoparquet")
 
 SEAM_WARNING = (
     "this model normalises each tile by its own per-channel maximum (sslt_channel_max, the "
@@ -66,6 +71,38 @@ def compute_record(choice) -> dict[str, str]:
     return {"dtype": str(choice.dtype).replace("torch.", ""), "device": choice.device.type, "mode": choice.mode}
 
 
+def model_info(model: torch.nn.Module) -> dict[str, str | None]:
+    """What outputs record about the model: name, architecture, weights sha256 (of the config and
+    state dict as loaded, :func:`~s1s2_encoders.geo.scene.model_fingerprint`) and where the weights
+    came from (``provenance.loaded_from``: a Hub repo@revision, the original checkpoint, a folder)."""
+    config = getattr(model, "config", None)
+    provenance = getattr(config, "provenance", None) or {}
+    return {
+        "name": str(getattr(config, "name", type(model).__name__)),
+        "architecture": getattr(config, "architecture", None),
+        "weights_sha256": model_fingerprint(model),
+        "loaded_from": provenance.get("loaded_from") if isinstance(provenance, dict) else None,
+    }
+
+
+def source_files(scene) -> dict[str, list[str]]:
+    """Per modality, the files (or URLs) the scene was read from."""
+    return {m: [str(p) for p in src.paths] for m, src in scene.sources.items()}
+
+
+def stac_path_for(output: Path, stac: bool, inputs_files: dict[str, list[str]], overwrite: bool,
+                  notes: list[str]) -> Path | None:
+    """The STAC Item sidecar to write after ``output`` (checked now), or ``None`` (off, or pystac missing:
+    then a note says so)."""
+    if not stac:
+        return None
+    if not stac_item.stac_available():
+        notes.append(stac_item.SKIPPED_NOTE)
+        return None
+    local = [Path(p) for files in inputs_files.values() for p in files if not stac_item.is_url(p)]
+    return stac_item.check_item_path(output, local, overwrite)
+
+
 def warn_if_seams(model: torch.nn.Module, plan: TilePlan) -> None:
     """Warn that per-tile max normalisation makes seams when a dense output has several tiles."""
     config = getattr(model, "config", None)
@@ -95,6 +132,8 @@ def embed_scene(
     label: str | None = None,
     checkpoint_every: float = 60.0,
     extra_tags: dict[str, str] | None = None,
+    quantize: str | None = "none",
+    stac: bool = True,
 ) -> SceneResult:
     """Embed a whole scene, streaming, and write a georeferenced embedding file.
 
@@ -111,11 +150,16 @@ def embed_scene(
             (``dtype="auto"``: bfloat16 inference copies where the hardware runs bf16 natively, else
             float32 ones; ``"float32"`` is the reference path). The model is not moved and keeps its
             train/eval mode: the scene computes with an inference engine made at the start.
-        fmt: ``"tif"`` (GeoTIFF, one band per feature) or ``"npy"`` (``(H, W, C)`` array + JSON).
+        fmt: ``"tif"`` (GeoTIFF, one band per feature), ``"npy"`` (``(H, W, C)`` array + JSON) or, with
+            ``pooled``, ``"geoparquet"`` (one row per chip, see :mod:`~s1s2_encoders.geo.geoparquet`; needs
+            the ``geoparquet`` extra; no ``resume``).
         compress: GeoTIFF compression.
         overwrite / resume: replace an existing output / continue an interrupted run.
         check_units: check the first batch for S2 reflectance in 0-1 and S1 in linear power.
         progress: show a progress line (or pass a :class:`Progress`).
+        quantize: ``"none"`` or ``"int8"`` (GeoParquet chips: per-modality unit vectors x 127, -128 nodata).
+        stac: also write ``NAME.json``, a STAC Item describing the output (:mod:`~s1s2_encoders.geo.stac_item`),
+            after the output is committed; skipped with a note when pystac is missing.
 
     Output: float32, one band per feature (S1 features then S2 features), NaN where a cell saw no
     valid pixel of that modality; CRS as the input, transform the input's scaled by the cell size
@@ -127,8 +171,21 @@ def embed_scene(
     """
     started = time.perf_counter()
     output = Path(output)
-    if fmt not in ("tif", "npy"):
-        raise OptionError(f"fmt must be 'tif' or 'npy', got {fmt!r}")
+    if fmt not in FORMATS:
+        raise OptionError(f"fmt must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    chips = fmt == "geoparquet"
+    quantize = check_quantize(quantize)
+    if chips:
+        if not pooled:
+            raise OptionError("fmt='geoparquet' (--format geoparquet) writes one row per chip: it needs pooled=True (--pooled)")
+        if resume:
+            raise OptionError("resume (--resume) does not apply to fmt='geoparquet': the chips of a scene are written "
+                              "at its end (they are small), so there is no partial output to continue")
+        from .geoparquet import require_geoparquet
+
+        require_geoparquet()
+    elif quantize != "none":
+        raise OptionError(f"quantize={quantize!r} is written to GeoParquet chips (fmt='geoparquet') only in this version")
     if compress not in COMPRESSIONS:
         raise OptionError(f"compress must be one of {', '.join(COMPRESSIONS)}, got {compress!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -138,6 +195,9 @@ def embed_scene(
     modalities = modalities_of(modality)
     check_output_path(output, overwrite)
     scene = open_scene(inputs, modalities, model.config.s1_bands, model.config.s2_bands)
+    files = source_files(scene)
+    notes = list(scene.notes)
+    stac_path = stac_path_for(output, stac, files, overwrite, notes)
     grid = scene.grid
     plan = TilePlan.grid(grid.height, grid.width, tile) if pooled else TilePlan.dense(grid.height, grid.width, tile, overlap, stride)
     warn_if_seams(model, plan)
@@ -175,7 +235,13 @@ def embed_scene(
         **scene.input_tags(),  # a STAC item's id, datetime, platform ...
         **(extra_tags or {}),
     }
-    if fmt == "npy":
+    info = model_info(model) if (chips or stac_path is not None) else None
+    extra = 0
+    if chips:
+        sink = _chip_sink(output, model, scene, grid, tile, channels, groups, modalities, modality, quantize, info,
+                          engine, tags, files)
+        extra = sink.extra_channels
+    elif fmt == "npy":
         sink = NpySink(output, out_grid, channels, descriptions, tags)
     else:
         sink = GeoTiffSink(output, out_grid, channels, "float32", float("nan"), descriptions, tags,
@@ -207,12 +273,22 @@ def embed_scene(
         }
         results = engine.encode_batch(inputs, dense=not pooled)
         parts = [results[m].pooled[:, :, None, None] if pooled else results[m].pyramid[level] for m in modalities]
-        return torch.cat(parts, dim=1).cpu().numpy()
+        out = torch.cat(parts, dim=1).cpu().numpy()
+        if not chips:
+            return out
+        # The chips' valid-pixel fractions ride along as extra channels, which the chip sink strips.
+        kept = [t for t, empty in zip(batch.tiles, batch.empty) if not empty]
+        area = np.array([min(plan.tile_h, plan.height - t.y) * min(plan.tile_w, plan.width - t.x) for t in kept],
+                        dtype=np.float64)
+        valid = [(batch.valid[m] if everything else batch.valid[m][keep]).reshape(len(kept), -1) for m in modalities]
+        fractions = [np.logical_or.reduce(valid).sum(axis=1) / area] + [v.sum(axis=1) / area for v in valid]
+        return np.concatenate([out, np.stack(fractions, axis=1).astype(np.float32)[:, :, None, None]], axis=1)
 
     try:
         outputs.open(start_row)
         tiles = stream_scene(
-            plan=plan, sources=scene.sources, infer=infer, channels=channels, groups=groups, outputs=outputs,
+            plan=plan, sources=scene.sources, infer=infer, channels=channels + extra,
+            groups=groups + [(channels + k, channels + k + 1) for k in range(extra)], outputs=outputs,
             batch_size=batch_size, s2_offset=scene.s2_offset, start_row=start_row, progress=bar,
             on_first_batch=lambda b: check_first_batch(scene, b.data, b.valid, check_units),
         )
@@ -221,7 +297,60 @@ def embed_scene(
         outputs.abort()
         raise
     written = [output] + ([sink.sidecar] if isinstance(sink, NpySink) else [])
-    notes = list(scene.notes)
+    if stac_path is not None:
+        written.append(stac_item.write_stac_item(
+            output, asset_key="embeddings", grid=out_grid, product=tags["S1S2_PRODUCT"] + (" chips" if chips else ""),
+            model_info=info, tags=tags, sources=files,
+            embedding={"type": "chip" if pooled else "pixel", "dimensions": channels,
+                       "data_type": "int8" if quantize == "int8" else "float32",
+                       "quantization": quantization_metadata(quantize, groups, modalities),
+                       "chip_size": tile if pooled else None},
+            extra_assets={"georeferencing": (sink.sidecar, "application/json", ["metadata"])} if isinstance(sink, NpySink) else None,
+            properties={"s1s2:modality": modality, "s1s2:layout": tags["S1S2_LAYOUT"],
+                        "s1s2:compute": tags["S1S2_COMPUTE"],
+                        "emb:runtime_parameters": {"tile": tile, "overlap": 0 if pooled else overlap,
+                                                   "stride": None if pooled else stride, "pooled": pooled,
+                                                   "s2_offset": scene.s2_offset if "s2" in modalities else None}},
+        ))
     if scene.s2_offset_source and scene.s2_offset_source != "--s2-offset":
         notes.append(f"S2 offset {scene.s2_offset:g} from {scene.s2_offset_source}")
     return SceneResult(written, out_grid, tiles, time.perf_counter() - started, start_row, notes, engine.compute)
+
+
+def _chip_sink(output: Path, model, scene, grid: Grid, tile: int, channels: int, groups, modalities, modality: str,
+               quantize: str, info: dict, engine, tags: dict[str, str], files: dict[str, list[str]]):
+    """The GeoParquet chip sink of a pooled scene, with its file metadata and per-modality sources."""
+    from .geoparquet import ChipSink, chip_id_prefix
+
+    config = model.config
+    times, _ = stac_item.input_datetimes(tags, files)
+    sources = {}
+    for m in modalities:
+        item = tags.get(f"S1S2_{m.upper()}_STAC_ITEM")
+        sources[m] = {"files": files[m], "item_id": item,
+                      "datetime": tags.get(f"S1S2_{m.upper()}_DATETIME") or (times[m].isoformat() if m in times else None)}
+    names = {m: [sources[m]["item_id"]] if sources[m]["item_id"] else [Path(p).name for p in files[m]] for m in modalities}
+    metadata = {
+        "version": __version__,
+        "product": "embedding chips",
+        "model": info,
+        "modality": modality,
+        "dimensions": channels,
+        "channel_groups": {m: [a, b] for m, (a, b) in zip(modalities, groups)},
+        "bands": {m: list(config.s1_bands if m == "s1" else config.s2_bands) for m in modalities},
+        "units": {m: config.input_units.get(m) for m in modalities},
+        "normalization": config.normalization.to_dict(),
+        "compute": compute_record(engine.compute),
+        "chip_size": tile,
+        "pooling": "mean of the last stage's feature map over the chip's valid pixels (S1S2Backbone.embed)",
+        "quantization": quantization_metadata(quantize, groups, modalities),
+        "native_crs": grid.crs.to_string() if grid.crs is not None else None,
+        "native_crs_wkt": grid.crs.to_wkt() if grid.crs is not None else None,
+        "native_transform": [float(v) for v in list(grid.transform)[:6]],
+        "native_size": [grid.height, grid.width],
+        "s2_offset": scene.s2_offset if "s2" in modalities else None,
+        "tags": tags,
+        "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+    }
+    return ChipSink(output, grid, tile, channels, groups, list(modalities), quantize, metadata, sources,
+                    chip_id_prefix(names, grid, tile))

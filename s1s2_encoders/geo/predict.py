@@ -26,7 +26,8 @@ from .._warnings import warn_user
 from ..errors import ConfigError, OptionError
 from ..models.backbone import MODALITIES
 from ..models.engine import ModalityBatch
-from .embed import SceneResult, compute_record, warn_if_seams
+from . import stac_item
+from .embed import SceneResult, compute_record, model_info, source_files, stac_path_for, warn_if_seams
 from .progress import Progress
 from .scene import SceneInputs, check_first_batch, model_fingerprint, open_scene
 from .stream import Batch, stream_scene
@@ -80,6 +81,7 @@ def predict_scene(
     label: str | None = None,
     checkpoint_every: float = 60.0,
     extra_tags: dict[str, str] | None = None,
+    stac: bool = True,
 ) -> SceneResult:
     """Map a whole scene with a fine-tuned task model, streaming.
 
@@ -97,6 +99,8 @@ def predict_scene(
         batch_size / device / dtype / compress / overwrite / resume / check_units / progress: as for
             :func:`~s1s2_encoders.geo.embed_scene` (the model is not moved and keeps its train/eval
             mode: the scene computes with the model's inference engine).
+        stac: also write a STAC Item ``NAME.json`` beside the map and the probabilities (asset ``classes`` /
+            ``probabilities``), after they are committed; skipped with a note when pystac is missing.
 
     Raises:
         ConfigError: the model is not a task model, or has more than 255 classes.
@@ -127,6 +131,11 @@ def predict_scene(
     modalities = tuple(getattr(model, "modalities", MODALITIES))
     scene = open_scene(inputs, modalities, config.s1_bands, config.s2_bands)
     grid = scene.grid
+    files = source_files(scene)
+    notes = list(scene.notes)
+    item_paths = [stac_path_for(p, stac, files, overwrite, notes) for p in [output] + ([Path(probabilities)] if probabilities else [])]
+    if stac and len({p for p in item_paths if p is not None}) != len([p for p in item_paths if p is not None]):
+        raise OptionError("the map and the probabilities would share one STAC Item sidecar name; give them different stems")
     if task == "segmentation":
         plan = TilePlan.dense(grid.height, grid.width, tile or DEFAULT_SEGMENTATION_TILE, overlap, stride=1)
     else:
@@ -208,7 +217,18 @@ def predict_scene(
         write_preview(preview, output, shown, names, colors, s2_offset=scene.s2_offset,
                       map_title=f"{'Land cover' if task == 'segmentation' else 'Tile classes'}: {config.name}")
         written.append(Path(preview))
-    notes = list(scene.notes)
+    if item_paths[0] is not None:
+        info = model_info(model)
+        common = dict(grid=out_grid, model_info=info, tags=tags, sources=files,
+                      properties={"s1s2:task": task, "s1s2:class_names": list(names), "s1s2:compute": tags["S1S2_COMPUTE"],
+                                  "s1s2:nodata_class": NODATA_CLASS})
+        written.append(stac_item.write_stac_item(
+            output, asset_key="classes", product=tags["S1S2_PRODUCT"], **common,
+            extra_assets={"preview": (Path(preview), "image/png", ["overview"])} if preview is not None else None))
+        if probabilities is not None:
+            written.append(stac_item.write_stac_item(Path(probabilities), asset_key="probabilities",
+                                                     product=f"{task} probabilities", **common))
     if scene.s2_offset_source and scene.s2_offset_source != "--s2-offset":
         notes.append(f"S2 offset {scene.s2_offset:g} from {scene.s2_offset_source}")
+    notes = list(dict.fromkeys(notes))  # the missing-pystac note once, not once per output
     return SceneResult(written, out_grid, tiles, time.perf_counter() - started, start_row, notes, engine.compute)

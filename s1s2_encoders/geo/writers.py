@@ -99,7 +99,8 @@ def is_own_output(path: Path) -> bool:
 
     * rasters (GeoTIFF outputs, PNG quick-looks): dataset tags starting with ``S1S2_``;
     * an ``.npy`` output: its JSON sidecar is the package's (an ``.npy`` header holds no tags);
-    * a JSON sidecar: the package's layout with ``S1S2_`` tags.
+    * a JSON sidecar: the package's layout with ``S1S2_`` tags, or a STAC Item with ``s1s2:version``;
+    * a GeoParquet chip file: its ``s1s2`` file metadata.
 
     A file GDAL cannot read at all (e.g. truncated before its header) counts as not the package's.
     """
@@ -107,7 +108,13 @@ def is_own_output(path: Path) -> bool:
     if not path.is_file():
         return False
     if path.suffix == ".json":
-        return _is_own_sidecar(path)
+        from .stac_item import is_own_item
+
+        return _is_own_sidecar(path) or is_own_item(path)
+    if path.suffix == ".parquet":
+        from .geoparquet import is_own_parquet
+
+        return is_own_parquet(path)
     if path.suffix == ".npy":
         return _is_own_sidecar(npy_sidecar_path(path))
     tags = _raster_tags(path)
