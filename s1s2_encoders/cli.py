@@ -414,6 +414,8 @@ def _add_scene_options(p: argparse.ArgumentParser) -> None:
     run.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK under torchrun with GPUs, else cuda if available, else cpu)")
     run.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"), help="compute precision: auto (default) = bfloat16 where the CPU/GPU runs it natively (agrees with float32 to cosine >= 0.999), else float32; float32 is the reference")
     run.add_argument("--compress", default="deflate", choices=("deflate", "zstd", "lzw", "none"), help="GeoTIFF compression (default deflate)")
+    run.add_argument("--no-cog", dest="cog", action="store_false",
+                     help="GeoTIFF outputs: keep the streamed tiled file instead of laying it out as a Cloud-Optimized GeoTIFF with overviews at the end")
     run.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse; with many scenes, skip complete ones, replace this package's unfinished ones and refuse any other file)")
     run.add_argument("--resume", action="store_true", help="continue an interrupted run from its partial output (same parameters); keeps partial output when interrupted")
     run.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS", help="with --resume: how often the partial output is made resumable (default 60)")
@@ -514,6 +516,8 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
     out.add_argument("--stride", type=int, default=32, choices=(4, 8, 16, 32), help="input pixels per output cell of the dense map (pyramid level; default 32)")
     out.add_argument("--pooled", action="store_true", help="one pooled vector per non-overlapping --tile x --tile cell instead of a dense map")
     out.add_argument("--format", dest="fmt", default="tif", choices=("tif", "npy"), help="tif (GeoTIFF) or npy ((H, W, C) float32 + NAME.json with CRS and transform)")
+    out.add_argument("--quantize", default="none", choices=("none", "int8"),
+                     help="int8: each modality part of every vector scaled to unit length, stored as round(127 x), -128 = nodata; the rule and scale 1/127 are written into the file (default none: float32)")
     p.set_defaults(run=_run_embed)
 
 
@@ -545,7 +549,7 @@ def _run_embed(args: argparse.Namespace) -> int:
             pooled=args.pooled, tile=tile, overlap=args.overlap, batch_size=args.batch_size, device=device,
             dtype=args.dtype, fmt=args.fmt, compress=args.compress, overwrite=args.overwrite or multi, resume=args.resume,
             check_units=args.check_units, progress=not args.quiet, label=label, extra_tags=_writer_tags(),
-            checkpoint_every=args.checkpoint_every,
+            checkpoint_every=args.checkpoint_every, cog=args.cog, quantize=args.quantize,
         )
 
     def is_complete(job) -> bool:
@@ -610,7 +614,7 @@ def _run_predict(args: argparse.Namespace) -> int:
             model, _scene_inputs(args, job), job.output, probabilities=probabilities, preview=preview, tile=args.tile,
             overlap=args.overlap, batch_size=args.batch_size, device=device, dtype=args.dtype, compress=args.compress,
             overwrite=args.overwrite or multi, resume=args.resume, check_units=args.check_units, progress=not args.quiet,
-            label=label, extra_tags=_writer_tags(), checkpoint_every=args.checkpoint_every,
+            label=label, extra_tags=_writer_tags(), checkpoint_every=args.checkpoint_every, cog=args.cog,
         )
 
     def is_complete(job) -> bool:

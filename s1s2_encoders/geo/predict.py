@@ -26,6 +26,7 @@ from .._warnings import warn_user
 from ..errors import ConfigError, OptionError
 from ..models.backbone import MODALITIES
 from ..models.engine import ModalityBatch
+from .cog import Overviews
 from .embed import SceneResult, compute_record, warn_if_seams
 from .progress import Progress
 from .scene import SceneInputs, check_first_batch, model_fingerprint, open_scene
@@ -80,6 +81,7 @@ def predict_scene(
     label: str | None = None,
     checkpoint_every: float = 60.0,
     extra_tags: dict[str, str] | None = None,
+    cog: bool = True,
 ) -> SceneResult:
     """Map a whole scene with a fine-tuned task model, streaming.
 
@@ -97,6 +99,9 @@ def predict_scene(
         batch_size / device / dtype / compress / overwrite / resume / check_units / progress: as for
             :func:`~s1s2_encoders.geo.embed_scene` (the model is not moved and keeps its train/eval
             mode: the scene computes with the model's inference engine).
+        cog: write the map and probabilities as Cloud-Optimized GeoTIFFs with overviews (the map's
+            overviews take the most frequent class, the probabilities' the mean); False keeps the plain
+            tiled files.
 
     Raises:
         ConfigError: the model is not a task model, or has more than 255 classes.
@@ -158,10 +163,12 @@ def predict_scene(
     colormap = {i: (*c, 255) for i, c in enumerate(colors)}
     colormap[NODATA_CLASS] = (0, 0, 0, 0)
     sinks = [GeoTiffSink(output, out_grid, 1, "uint8", NODATA_CLASS, ["class"], tags, {1: class_tags(names)},
-                         colormap=colormap, compress=compress, convert=class_map_from_probabilities)]
+                         colormap=colormap, compress=compress, convert=class_map_from_probabilities, cog=cog,
+                         overviews=Overviews("mode", NODATA_CLASS))]
     if probabilities is not None:
         sinks.append(GeoTiffSink(Path(probabilities), out_grid, len(names), "float32", float("nan"), list(names),
-                                 {**tags, "S1S2_PRODUCT": f"{task} probabilities"}, compress=compress))
+                                 {**tags, "S1S2_PRODUCT": f"{task} probabilities"}, compress=compress, cog=cog,
+                                 overviews=Overviews("average", float("nan"))))
     params = {
         "product": "predict", "inputs": inputs.identity(), "tile": plan.tile_h, "overlap": plan.overlap,
         "compress": compress, "probabilities": str(probabilities) if probabilities else None,
@@ -169,9 +176,7 @@ def predict_scene(
         "compute": compute_record(engine.compute),
     }
     outputs = OutputSet(sinks, params, resume=resume, checkpoint_every=checkpoint_every)
-    start_row = outputs.resumable_rows()
-    if start_row >= out_grid.height:
-        start_row = 0
+    start_row = min(outputs.resumable_rows(), out_grid.height)  # all rows: only the commit (COG layout) is left
     if isinstance(progress, Progress):
         bar = progress
     else:
@@ -191,11 +196,13 @@ def predict_scene(
 
     try:
         outputs.open(start_row)
-        tiles = stream_scene(
-            plan=plan, sources=scene.sources, infer=infer, channels=len(names), groups=None, outputs=outputs,
-            batch_size=batch_size, s2_offset=scene.s2_offset, start_row=start_row, progress=bar,
-            on_first_batch=lambda b: check_first_batch(scene, b.data, b.valid, check_units),
-        )
+        tiles = 0
+        if start_row < out_grid.height:
+            tiles = stream_scene(
+                plan=plan, sources=scene.sources, infer=infer, channels=len(names), groups=None, outputs=outputs,
+                batch_size=batch_size, s2_offset=scene.s2_offset, start_row=start_row, progress=bar,
+                on_first_batch=lambda b: check_first_batch(scene, b.data, b.valid, check_units),
+            )
         outputs.commit()
     except BaseException:
         outputs.abort()
