@@ -65,7 +65,9 @@ def test_embedding_cog_layout_tags_and_values_through_rasterio(real_runs):
         assert structure["PREDICTOR"] == "3"  # floating-point predictor
         assert ds.count == 32 and ds.dtypes[0] == "float32" and (ds.height, ds.width) == (56, 56)
         assert all(ds.overviews(band) == [2] for band in ds.indexes)  # 56 -> 28 fits one block
-        assert ds.block_shapes[0] == (cog_block_size(32, "float32"),) * 2 == (512, 512)
+        assert ds.block_shapes[0] == (cog_block_size(32, "float32", 56, 56),) * 2 == (64, 64)  # fits the raster
+        assert cog_block_size(32, "float32") == 512 and cog_block_size(1536, "float32") == 64
+        assert cog_block_size(1536, "int8") == 128 and cog_block_size(1536, "int8", 343, 343) == 128
         assert ds.crs == plain.crs and ds.transform == plain.transform and np.isnan(ds.nodata)
         assert ds.descriptions == plain.descriptions and ds.descriptions[0] == "s1_0000"
         tags = ds.tags()

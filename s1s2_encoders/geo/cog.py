@@ -23,7 +23,9 @@ colour table, scale and offset) names them as its overviews, and the COG driver 
 level for any raster larger than one cell).
 
 GDAL 3.10's COG driver writes pixel-interleaved tiles (one tile holds every band of its cells), so the
-block size shrinks with the band count to keep one uncompressed tile at most :data:`MAX_TILE_BYTES`.
+block size shrinks with the band count to keep one uncompressed tile at most :data:`MAX_TILE_BYTES`
+(1536 float32 bands: 64 x 64 blocks; int8: 128 x 128; a class map: 512 x 512), and to the raster's size
+for small rasters.
 """
 
 from __future__ import annotations
@@ -84,13 +86,17 @@ class Overviews:
         }[self.method]
 
 
-def cog_block_size(count: int, dtype: str) -> int:
-    """The largest COG block size (pixels, square) whose tile of ``count`` bands fits :data:`MAX_TILE_BYTES`."""
+def cog_block_size(count: int, dtype: str, height: int | None = None, width: int | None = None) -> int:
+    """The COG block size (pixels, square): the largest whose tile of ``count`` bands fits
+    :data:`MAX_TILE_BYTES`, and no larger than needed to hold a ``height`` x ``width`` raster in one block
+    (TIFF tiles are padded to full size: a 512 px tile of a 7 x 7 raster would be mostly padding)."""
     per_cell = count * np.dtype(dtype).itemsize
-    for size in BLOCK_SIZES:
-        if size * size * per_cell <= MAX_TILE_BYTES:
-            return size
-    return BLOCK_SIZES[-1]
+    fits = [size for size in BLOCK_SIZES if size * size * per_cell <= MAX_TILE_BYTES] or [BLOCK_SIZES[-1]]
+    if height is not None and width is not None:
+        enough = [size for size in fits if size >= max(height, width)]
+        if enough:
+            return enough[-1]
+    return fits[0]
 
 
 def overview_shapes(height: int, width: int, block: int) -> list[tuple[int, int]]:
@@ -220,7 +226,7 @@ def write_cog(source: str | os.PathLike[str], target: str | os.PathLike[str], ov
     source, target = Path(source), Path(target)
     with rasterio.open(source) as src:
         height, width, count, dtype = src.height, src.width, src.count, src.dtypes[0]
-    block = cog_block_size(count, dtype)
+    block = cog_block_size(count, dtype, height, width)
     shapes = overview_shapes(height, width, block)
     levels = [target.with_name(f"{target.name}-ovr{k}") for k in range(1, len(shapes) + 1)]
     vrt = target.with_name(f"{target.name}.vrt")
