@@ -10,7 +10,8 @@
     floating-point predictor; for int8 the stripes go through ``quantize_int8`` with the two modality
     groups), then lays the finished tiled file out as a COG with :func:`write_cog` (the commit step of a
     scene run). Times: the tiled write (including compression and the final flush) and the COG layout,
-    separately; sizes on disk of the tiled file and of the COG (whose overviews add to it). The values are
+    separately; sizes on disk of the tiled file and of the COG (whose overviews add to it); how much the
+    process's resident memory grows while the COG is laid out (GDAL_CACHEMAX 128 MB, as the CLI sets it). The values are
     SYNTHETIC: smooth per-channel fields (products of sines with random frequencies and phases) plus 10 %
     white noise, so the compression ratios are only indicative (real embeddings compress less than smooth
     fields; see (b) for real-model values).
@@ -74,6 +75,33 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def rss_mib() -> float:
+    """This process's resident memory now."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class RssPeak:
+    """The highest resident memory while a block runs (sampled every 20 ms in a thread)."""
+
+    def __enter__(self) -> "RssPeak":
+        import threading
+
+        self.before = self.peak = rss_mib()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, rss_mib())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_mib())
+
+
 # ---------------------------------------------------------------------------------------- (a) COG cost
 def synthetic_stripe(rng_params: tuple[np.ndarray, ...], row0: int, rows: int, width: int, noise: np.random.Generator) -> np.ndarray:
     """``(C, rows, width)`` float32: a smooth field per channel plus 10 % noise."""
@@ -102,6 +130,7 @@ def cog_cost(folder: Path, cells: int, channels: int, quantize: str, compress: s
     params = (rng.uniform(0.01, 0.2, channels).astype(np.float32), rng.uniform(0.01, 0.2, channels).astype(np.float32),
               rng.uniform(0, 6.3, channels).astype(np.float32), rng.uniform(0, 6.3, channels).astype(np.float32))
     noise = np.random.default_rng(1)
+    # Generated before the clock starts (a scene run gets its stripes from the model).
     stripes = [synthetic_stripe(params, row0, min(32, cells - row0), cells, noise) for row0 in range(0, cells, 32)]
     started = time.perf_counter()
     sink.open()
@@ -111,8 +140,10 @@ def cog_cost(folder: Path, cells: int, channels: int, quantize: str, compress: s
     fsync_file(sink.temp)  # as the commit does before anything is renamed
     tiled_s = time.perf_counter() - started
     tiled_bytes = sink.temp.stat().st_size
+    del stripes
     started = time.perf_counter()
-    write_cog(sink.temp, cog_path(final), sink.overview_rule(), compress)  # what commit does with cog=True
+    with RssPeak() as memory:
+        write_cog(sink.temp, cog_path(final), sink.overview_rule(), compress)  # what commit does with cog=True
     cog_s = time.perf_counter() - started
     cog_bytes = cog_path(final).stat().st_size
     raw_bytes = cells * cells * channels * (1 if int8 else 4)
@@ -121,7 +152,9 @@ def cog_cost(folder: Path, cells: int, channels: int, quantize: str, compress: s
     return {"part": "cog", "cells": cells, "channels": channels, "quantize": quantize, "compress": compress,
             "tiled_write_s": round(tiled_s, 2), "cog_layout_s": round(cog_s, 2), "raw_mib": round(raw_bytes / 2**20, 1),
             "tiled_mib": round(tiled_bytes / 2**20, 1), "cog_mib": round(cog_bytes / 2**20, 1),
-            "cog_over_tiled": round(cog_bytes / tiled_bytes, 3), "peak_rss_mib": round(peak_rss_mib())}
+            "cog_over_tiled": round(cog_bytes / tiled_bytes, 3),
+            "cog_layout_rss_growth_mib": round(memory.peak - memory.before), "peak_rss_mib": round(peak_rss_mib()),
+            "gdal_cachemax": os.environ.get("GDAL_CACHEMAX"), "load_average": round(os.getloadavg()[0], 2)}
 
 
 # ---------------------------------------------------------------------------------- (b) int8 vs float32
@@ -169,11 +202,14 @@ def int8_vs_float(folder: Path, tiny: bool, strides: list[int]) -> list[dict]:
         config = config.replace(tower_kwargs=dict(TINY), name="tiny-swin")
     torch.manual_seed(0)
     model = load_backbone(config)  # random weights: nothing is downloaded
+    chosen = scenes()
+    if tiny:  # a smoke test: one pair of each source
+        chosen = [chosen[0], chosen[-1]]
     rows = []
     for stride in strides:
         sizes, data = {"none": 0, "int8": 0}, {"none": 0, "int8": 0}
         cosines, errors, cells = [], [], 0
-        for name, inputs in scenes():
+        for name, inputs in chosen:
             files = {}
             for quantize in ("none", "int8"):
                 out = folder / f"{name.replace('/', '_')}_{stride}_{quantize}.tif"
@@ -198,7 +234,7 @@ def int8_vs_float(folder: Path, tiny: bool, strides: list[int]) -> list[dict]:
             assert result.grid.height == floats.shape[1]
         c = np.concatenate(cosines)
         rows.append({"part": "int8", "model": f"{config.name} ({'tiny towers' if tiny else 'real-size Swin-T'}, random weights)",
-                     "stride": stride, "channels": groups[1][1], "scenes": len(scenes()), "cells": cells,
+                     "stride": stride, "channels": groups[1][1], "scenes": len(chosen), "cells": cells,
                      "float32_kib": round(sizes["none"] / 1024, 1), "int8_kib": round(sizes["int8"] / 1024, 1),
                      "size_ratio": round(sizes["none"] / sizes["int8"], 2),
                      "pixel_data_ratio": round(data["none"] / data["int8"], 2), "cosine_min": round(float(c.min()), 5),
@@ -212,12 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cells", type=int, default=343, help="grid side in cells (default 343: 10980 px at stride 32)")
     parser.add_argument("--channels", type=int, default=1536, help="channels (default 1536: dual Swin-T at stride 32)")
     parser.add_argument("--quick", action="store_true", help="a 160 x 160 grid for (a), stride 32 only for (b)")
-    parser.add_argument("--tiny", action="store_true", help="(b) with tiny Swin towers (a smoke test, not a measurement)")
+    parser.add_argument("--tiny", action="store_true", help="(b) with tiny Swin towers on one pair of each source (a smoke test, not a measurement)")
     parser.add_argument("--parts", default="cog,int8", help="cog, int8 or both (default)")
     parser.add_argument("--compress", default="deflate", choices=("deflate", "zstd", "lzw", "none"))
     parser.add_argument("--workdir", type=Path, default=None, help="where the files are written (default: a temporary folder)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
+    os.environ.setdefault("GDAL_CACHEMAX", "128")  # what s1s2 embed / predict set (MB), unless set already
     cells = 160 if args.quick and args.cells == 343 else args.cells
     print(f"# CPU class: {cpu_class()}; {cpu_name()} ({os.cpu_count()} logical CPUs), torch {torch.__version__}, "
           f"torch threads {torch.get_num_threads()}", flush=True)

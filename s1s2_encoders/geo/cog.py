@@ -15,8 +15,8 @@ outputs need are not GDAL's:
   number), nodata where the block has none.
 * ``"nearest"``: the top-left cell of each block.
 
-Each level is 2 x 2 blocks of the level above it (as GDAL itself builds levels), read and written in
-row stripes, so memory stays bounded by one stripe of all bands. The levels go to temporary tiled files,
+Each level is 2 x 2 blocks of the level above it (as GDAL itself builds levels), read in row stripes
+and band chunks of about :data:`STRIPE_BYTES` and written in row stripes, so memory stays bounded. The levels go to temporary tiled files,
 a VRT (written by GDAL from the full-resolution file, so it carries every tag, band description, nodata,
 colour table, scale and offset) names them as its overviews, and the COG driver copies that VRT with
 ``OVERVIEWS=FORCE_USE_EXISTING``. Levels are added until the smallest fits in one COG block (at least one
@@ -50,8 +50,8 @@ OVERVIEW_METHODS = ("average", "unit-int8", "mode", "nearest")
 MAX_TILE_BYTES = 32 * 2**20
 """The largest uncompressed COG tile (all bands of a block): bounds what a reader decodes per tile."""
 BLOCK_SIZES = (512, 256, 128, 64, 32, 16)
-STRIPE_BYTES = 64 * 2**20
-"""How much of a level (all bands) one overview step reads at a time."""
+STRIPE_BYTES = 16 * 2**20
+"""How much (as float32) one overview step reads at a time: row stripes of all bands, read in band chunks."""
 LEVEL_BLOCK_H = 16
 
 
@@ -160,18 +160,25 @@ def reduce_2x2(values: np.ndarray, overviews: Overviews) -> np.ndarray:
         out = np.rint(np.where(np.isnan(mean), overviews.nodata if overviews.nodata is not None else 0, mean))
         return out.astype(values.dtype)
     if method == "unit-int8":
-        mean = _mean_valid(dequantize_int8(values))
-        return quantize_int8(mean, overviews.groups, axis=0)
+        return quantize_int8(_per_band_step(values, overviews), overviews.groups, axis=0)
     if method == "mode":
         return _mode(values, overviews.nodata)
     return np.ascontiguousarray(values[:, ::2, ::2])  # nearest
 
 
-def _stripe_rows(count: int, width: int, itemsize: int) -> int:
-    """Input rows per overview step: even, a multiple of 2 x LEVEL_BLOCK_H (so output stripes fill whole
-    blocks of the level file), about STRIPE_BYTES of input."""
+def _per_band_step(values: np.ndarray, overviews: Overviews) -> np.ndarray:
+    """The part of :func:`reduce_2x2` that each band does on its own (for ``unit-int8``: the float mean of the
+    de-quantised cells, which is re-normalised across the bands of each group afterwards)."""
+    if overviews.method == "unit-int8":
+        return _mean_valid(dequantize_int8(values))
+    return reduce_2x2(values, overviews)
+
+
+def _stripe_rows(count: int, width: int) -> int:
+    """Input rows per overview step: a multiple of 2 x LEVEL_BLOCK_H (so output stripes fill whole blocks
+    of the level file), about STRIPE_BYTES of float32 over all bands, at least one block row."""
     step = 2 * LEVEL_BLOCK_H
-    rows = STRIPE_BYTES // max(1, count * width * itemsize)
+    rows = STRIPE_BYTES // max(1, count * width * 4)
     return max(step, rows // step * step)
 
 
@@ -187,12 +194,18 @@ def _write_level(source: Path, target: Path, shape: tuple[int, int], overviews: 
             "interleave": "band" if src.count > 1 else "pixel", "bigtiff": "IF_SAFER",
             "compress": "zstd", "zstd_level": 1,  # a temporary file: fast, still much smaller than raw
         }
-        rows = _stripe_rows(src.count, src.width, np.dtype(src.dtypes[0]).itemsize)
+        rows = _stripe_rows(src.count, src.width)
+        bands = max(1, STRIPE_BYTES // (rows * src.width * 4))  # per read: memory stays ~STRIPE_BYTES x a few
         with rasterio.open(target, "w", **profile) as dst:
             for row0 in range(0, src.height, rows):
                 n = min(rows, src.height - row0)
-                stripe = src.read(window=Window(0, row0, src.width, n))
-                dst.write(reduce_2x2(stripe, overviews), window=Window(0, row0 // 2, width, -(-n // 2)))
+                window = Window(0, row0, src.width, n)
+                parts = [_per_band_step(src.read(list(range(b + 1, min(b + bands, src.count) + 1)), window=window),
+                         overviews) for b in range(0, src.count, bands)]
+                out = np.concatenate(parts) if len(parts) > 1 else parts[0]
+                if overviews.method == "unit-int8":  # the norm needs every band of a group
+                    out = quantize_int8(out, overviews.groups, axis=0)
+                dst.write(out, window=Window(0, row0 // 2, width, -(-n // 2)))
 
 
 def _vrt_with_overviews(source: Path, vrt: Path, levels: Sequence[Path]) -> None:
