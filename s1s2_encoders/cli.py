@@ -506,7 +506,8 @@ def _writer_tags() -> dict[str, str]:
 def _add_embed(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "embed", help="embed whole S1/S2 GeoTIFF scenes into a georeferenced embedding GeoTIFF (streamed)",
-        description="Embed whole scenes tile by tile with bounded memory. Output: float32 GeoTIFF, one band per "
+        description="Embed whole scenes tile by tile with bounded memory. Output: float32 (or --quantize int8) "
+        "Cloud-Optimized GeoTIFF with overviews (--no-cog: the plain tiled file), one band per "
         "feature (S1 features then S2), NaN where there was no data, CRS of the input and its transform scaled to "
         "the output cell.",
     )
@@ -564,7 +565,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict", help="land-cover map GeoTIFF of whole S1/S2 scenes from a fine-tuned model (streamed)",
         description="Map whole scenes with a fine-tuned segmentation (one class per pixel) or classification "
-        "(one class per tile) model. Output: uint8 GeoTIFF with the class names and a colour table, 255 = no "
+        "(one class per tile) model. Output: uint8 Cloud-Optimized GeoTIFF (overviews: the most frequent class; "
+        "--no-cog: the plain tiled file) with the class names and a colour table, 255 = no "
         "data, CRS and transform of the input (scaled to the tile for classification).",
     )
     _add_scene_options(p)
