@@ -268,7 +268,9 @@ class GeoTiffSink:
         if self.cog:
             tags["S1S2_OVERVIEWS"] = self.overview_rule().describe()
         self._ds.update_tags(**tags)
-        self.close(sync=False)  # commit_file / write_cog flush what is renamed
+        # Without cog, commit_file flushes the file it renames; with cog the partial file is flushed now:
+        # it is what a resume lays out again if the layout is interrupted (the record then says all rows).
+        self.close(sync=self.cog)
         if self.cog:
             self._prepared = True
             write_cog(self.temp, self.cog_temp, self.overview_rule(), self.compress)
