@@ -226,3 +226,27 @@ def test_cli_cog_by_default_and_no_cog_for_embed_and_predict(tmp_path, capsys):
         with rasterio.open(tmp_path / name) as ds:
             assert "LAYOUT" not in ds.tags(ns="IMAGE_STRUCTURE") and ds.overviews(1) == [] and ds.block_shapes[0][0] == 32
     assert not [name for name in files_in(tmp_path) if name.startswith(".")]
+
+
+def test_an_interrupt_in_the_second_layout_of_predict_leaves_neither_output(tmp_path, monkeypatch):
+    """All layouts are made before any rename: the map's finished COG does not appear while the
+    probabilities' layout is interrupted, and no temporary file is left."""
+    s1, s2 = synthetic_scene(96, 96, seed=2)
+    p1, p2 = write_raster(tmp_path / "s1.tif", s1), write_raster(tmp_path / "s2.tif", s2)
+    out = tmp_path / "out"
+    out.mkdir()
+    real_copy, layouts = cog.rasterio.shutil.copy, []
+
+    def second_interrupted(src, dst, driver=None, **options):
+        if driver == "COG":
+            layouts.append(Path(dst).name)
+            if len(layouts) == 2:
+                raise KeyboardInterrupt("stop")
+        return real_copy(src, dst, driver=driver, **options)
+
+    monkeypatch.setattr(cog.rasterio.shutil, "copy", second_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        predict_scene(tiny_segmenter(), SceneInputs(s1=[p1], s2=[p2], s2_offset=0), out / "map.tif",
+                      probabilities=out / "probs.tif", tile=96, overlap=0, progress=False)
+    assert layouts == [".map.tif.s1s2-cog", ".probs.tif.s1s2-cog"]
+    assert files_in(out) == []
