@@ -44,7 +44,7 @@ from rasterio.windows import Window
 
 from ..durable import fsync_file
 from ..errors import OptionError
-from .quantize import INT8_NODATA, dequantize_int8, quantize_int8
+from .quantize import dequantize_int8, quantize_int8
 
 OVERVIEW_METHODS = ("average", "unit-int8", "mode", "nearest")
 MAX_TILE_BYTES = 32 * 2**20
@@ -189,7 +189,7 @@ def _write_level(source: Path, target: Path, shape: tuple[int, int], overviews: 
         profile = {
             "driver": "GTiff", "width": width, "height": height, "count": src.count, "dtype": src.dtypes[0],
             "nodata": src.nodata, "crs": src.crs,
-            "transform": src.transform * Affine.scale(src.width / width, src.height / height),
+            "transform": src.transform @ Affine.scale(src.width / width, src.height / height),
             "tiled": True, "blockxsize": min(256, -(-width // 16) * 16), "blockysize": LEVEL_BLOCK_H,
             "interleave": "band" if src.count > 1 else "pixel", "bigtiff": "IF_SAFER",
             "compress": "zstd", "zstd_level": 1,  # a temporary file: fast, still much smaller than raw
