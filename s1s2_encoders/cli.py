@@ -414,6 +414,8 @@ def _add_scene_options(p: argparse.ArgumentParser) -> None:
     run.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK under torchrun with GPUs, else cuda if available, else cpu)")
     run.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"), help="compute precision: auto (default) = bfloat16 where the CPU/GPU runs it natively (agrees with float32 to cosine >= 0.999), else float32; float32 is the reference")
     run.add_argument("--compress", default="deflate", choices=("deflate", "zstd", "lzw", "none"), help="GeoTIFF compression (default deflate)")
+    run.add_argument("--no-cog", dest="cog", action="store_false",
+                     help="GeoTIFF outputs: keep the streamed tiled file instead of laying it out as a Cloud-Optimized GeoTIFF with overviews at the end")
     run.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse; with many scenes, skip complete ones, replace this package's unfinished ones and refuse any other file)")
     run.add_argument("--resume", action="store_true", help="continue an interrupted run from its partial output (same parameters); keeps partial output when interrupted")
     run.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS", help="with --resume: how often the partial output is made resumable (default 60)")
@@ -506,7 +508,8 @@ def _writer_tags() -> dict[str, str]:
 def _add_embed(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "embed", help="embed whole S1/S2 GeoTIFF scenes into a georeferenced embedding GeoTIFF (streamed)",
-        description="Embed whole scenes tile by tile with bounded memory. Output: float32 GeoTIFF, one band per "
+        description="Embed whole scenes tile by tile with bounded memory. Output: float32 (or --quantize int8) "
+        "Cloud-Optimized GeoTIFF with overviews (--no-cog: the plain tiled file), one band per "
         "feature (S1 features then S2), NaN where there was no data, CRS of the input and its transform scaled to "
         "the output cell.",
     )
@@ -519,7 +522,7 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
                      help="tif (GeoTIFF), npy ((H, W, C) float32 + NAME.npy.json with CRS and transform) or, with --pooled, "
                      "geoparquet (one row per chip: footprint in EPSG:4326, window, embedding, valid fraction; the 'geoparquet' extra)")
     out.add_argument("--quantize", default="none", choices=("none", "int8"),
-                     help="int8: per-modality unit vectors x 127, -128 nodata, the rule in the file (default none: float32)")
+                     help="int8: each modality part of every vector scaled to unit length, stored as round(127 x), -128 = nodata; the rule and scale 1/127 are written into the file (default none: float32)")
     p.set_defaults(run=_run_embed)
 
 
@@ -561,7 +564,7 @@ def _run_embed(args: argparse.Namespace) -> int:
             pooled=args.pooled, tile=tile, overlap=args.overlap, batch_size=args.batch_size, device=device,
             dtype=args.dtype, fmt=args.fmt, compress=args.compress, overwrite=args.overwrite or multi, resume=args.resume,
             check_units=args.check_units, progress=not args.quiet, label=label, extra_tags=_writer_tags(),
-            checkpoint_every=args.checkpoint_every, quantize=args.quantize, stac=args.stac,
+            checkpoint_every=args.checkpoint_every, cog=args.cog, quantize=args.quantize, stac=args.stac,
         )
 
     def is_complete(job) -> bool:
@@ -581,7 +584,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict", help="land-cover map GeoTIFF of whole S1/S2 scenes from a fine-tuned model (streamed)",
         description="Map whole scenes with a fine-tuned segmentation (one class per pixel) or classification "
-        "(one class per tile) model. Output: uint8 GeoTIFF with the class names and a colour table, 255 = no "
+        "(one class per tile) model. Output: uint8 Cloud-Optimized GeoTIFF (overviews: the most frequent class; "
+        "--no-cog: the plain tiled file) with the class names and a colour table, 255 = no "
         "data, CRS and transform of the input (scaled to the tile for classification).",
     )
     _add_scene_options(p)
@@ -637,7 +641,7 @@ def _run_predict(args: argparse.Namespace) -> int:
             model, _scene_inputs(args, job), job.output, probabilities=probabilities, preview=preview, tile=args.tile,
             overlap=args.overlap, batch_size=args.batch_size, device=device, dtype=args.dtype, compress=args.compress,
             overwrite=args.overwrite or multi, resume=args.resume, check_units=args.check_units, progress=not args.quiet,
-            label=label, extra_tags=_writer_tags(), checkpoint_every=args.checkpoint_every, stac=args.stac,
+            label=label, extra_tags=_writer_tags(), checkpoint_every=args.checkpoint_every, stac=args.stac, cog=args.cog,
         )
 
     def is_complete(job) -> bool:

@@ -79,3 +79,22 @@ def test_scene_memory_benchmark_reports_memory_and_the_throughput_ratio(tmp_path
     assert row["throughput_ratio"] == row["tiles_per_s"] / row["forward_tiles_per_s"]
     assert row["compute"].startswith(("bfloat16", "float32"))  # the pure forward pass takes embed's default path
     assert row["output_mib"] >= 0 and "e2e/fwd" in done.stdout and not (tmp_path / "emb_256.tif").exists()  # removed after measuring
+
+
+def test_output_formats_benchmark_reports_cog_cost_and_int8_agreement(tmp_path):
+    out = tmp_path / "formats.json"
+    done = run("output_formats.py", "--cells", "40", "--channels", "64", "--tiny", "--json", str(out),
+               "--workdir", str(tmp_path))
+    assert done.stdout.startswith("# CPU class: ")
+    report = json.loads(out.read_text())
+    cog_rows = {r["quantize"]: r for r in report["results"] if r["part"] == "cog"}
+    assert set(cog_rows) == {"none", "int8"}
+    for row in cog_rows.values():
+        assert row["cells"] == 40 and row["channels"] == 64
+        assert row["tiled_write_s"] > 0 and row["cog_layout_s"] > 0 and row["tiled_mib"] > 0 and row["cog_mib"] > 0
+    assert cog_rows["none"]["raw_mib"] == 4 * cog_rows["int8"]["raw_mib"] == round(40 * 40 * 64 * 4 / 2**20, 1)
+    (int8,) = [r for r in report["results"] if r["part"] == "int8"]
+    assert int8["scenes"] == 2 and int8["stride"] == 32 and int8["channels"] == 256
+    assert int8["cosine_min"] >= 0.995 and int8["max_abs_error"] <= int8["error_bound"] + 1e-5
+    assert int8["pixel_data_ratio"] > 2 and int8["size_ratio"] > 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["formats.json"]  # the work folder is cleaned up

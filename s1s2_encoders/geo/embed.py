@@ -17,9 +17,10 @@ from ..errors import OptionError
 from ..models.backbone import MODALITIES, S1S2Backbone
 from ..models.engine import ModalityBatch
 from ..models.towers import PYRAMID_STRIDES, cell_origin_shift
+from .cog import Overviews
 from .grid import Grid
 from .progress import Progress
-from .quantize import check_quantize, quantization_metadata
+from .quantize import INT8_NODATA, INT8_SCALE, check_quantize, quantization_metadata, quantize_int8
 from .scene import MODALITY_CHOICES, SceneInputs, check_first_batch, model_fingerprint, open_scene
 from .stream import Batch, stream_scene
 from .tiling import TilePlan
@@ -134,6 +135,7 @@ def embed_scene(
     extra_tags: dict[str, str] | None = None,
     quantize: str | None = "none",
     stac: bool = True,
+    cog: bool = True,
 ) -> SceneResult:
     """Embed a whole scene, streaming, and write a georeferenced embedding file.
 
@@ -157,11 +159,16 @@ def embed_scene(
         overwrite / resume: replace an existing output / continue an interrupted run.
         check_units: check the first batch for S2 reflectance in 0-1 and S1 in linear power.
         progress: show a progress line (or pass a :class:`Progress`).
-        quantize: ``"none"`` or ``"int8"`` (GeoParquet chips: per-modality unit vectors x 127, -128 nodata).
+        cog: GeoTIFF output as a Cloud-Optimized GeoTIFF with overviews (laid out after the streamed tiled
+            file is complete, :mod:`~s1s2_encoders.geo.cog`); False keeps the plain tiled file.
+        quantize: ``"none"`` (float32) or ``"int8"``: each modality part of every vector scaled to unit
+            length, ``round(127 x)``, ``-128`` where the float value is NaN (:mod:`~s1s2_encoders.geo.quantize`);
+            the GeoTIFF gets band scale ``1/127`` and the rule in its tags, the ``.npy`` sidecar a
+            ``quantization`` entry.
         stac: also write ``NAME.json``, a STAC Item describing the output (:mod:`~s1s2_encoders.geo.stac_item`),
             after the output is committed; skipped with a note when pystac is missing.
 
-    Output: float32, one band per feature (S1 features then S2 features), NaN where a cell saw no
+    Output: float32 (int8 with ``quantize="int8"``), one band per feature (S1 features then S2 features), NaN where a cell saw no
     valid pixel of that modality; CRS as the input, transform the input's scaled by the cell size
     and placed where each cell's receptive field is centred (dense ResNet maps: ``stride/2 - 1/2``
     pixels up and left of the Swin placement, see :func:`~s1s2_encoders.models.towers.cell_centre`).
@@ -184,8 +191,6 @@ def embed_scene(
         from .geoparquet import require_geoparquet
 
         require_geoparquet()
-    elif quantize != "none":
-        raise OptionError(f"quantize={quantize!r} is written to GeoParquet chips (fmt='geoparquet') only in this version")
     if compress not in COMPRESSIONS:
         raise OptionError(f"compress must be one of {', '.join(COMPRESSIONS)}, got {compress!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -230,11 +235,20 @@ def embed_scene(
         "S1S2_TILE": str(tile),
         "S1S2_OVERLAP": str(0 if pooled else overlap),
         "S1S2_CHANNELS": ", ".join(f"{m}: bands {a + 1}-{b}" for m, (a, b) in zip(modalities, groups)),
+        "S1S2_QUANTIZATION": quantize,
         "S1S2_S2_OFFSET": f"{scene.s2_offset:g} ({scene.s2_offset_source or 'none given'})" if "s2" in modalities else "",
         "S1S2_INPUTS": "; ".join(f"{m}: {', '.join(str(p) for p in s.paths)}" for m, s in scene.sources.items()),
         **scene.input_tags(),  # a STAC item's id, datetime, platform ...
         **(extra_tags or {}),
     }
+    quantization = quantization_metadata(quantize, groups, modalities)
+    int8 = quantize == "int8"
+    if int8:
+        tags["S1S2_DEQUANTIZATION"] = quantization["rule"]
+
+    def to_int8(values: np.ndarray) -> np.ndarray:  # one (C, n, W) stripe
+        return quantize_int8(values, groups, axis=0)
+
     info = model_info(model) if (chips or stac_path is not None) else None
     extra = 0
     if chips:
@@ -242,20 +256,24 @@ def embed_scene(
                           engine, tags, files)
         extra = sink.extra_channels
     elif fmt == "npy":
-        sink = NpySink(output, out_grid, channels, descriptions, tags)
+        sink = NpySink(output, out_grid, channels, descriptions, tags, dtype=quantization["dtype"],
+                       convert=to_int8 if int8 else None, nodata=quantization["nodata"],
+                       metadata={"quantization": quantization})
     else:
-        sink = GeoTiffSink(output, out_grid, channels, "float32", float("nan"), descriptions, tags,
-                           compress=compress)
+        sink = GeoTiffSink(
+            output, out_grid, channels, quantization["dtype"], INT8_NODATA if int8 else float("nan"), descriptions,
+            tags, compress=compress, convert=to_int8 if int8 else None,
+            scales=[1.0 / INT8_SCALE] * channels if int8 else None, offsets=[0.0] * channels if int8 else None,
+            cog=cog, overviews=Overviews("unit-int8", INT8_NODATA, tuple(groups)) if int8 else None,
+        )
     params = {
         "product": "embed", "inputs": inputs.identity(), "modality": modality, "stride": stride, "pooled": pooled,
-        "tile": tile, "overlap": overlap, "fmt": fmt, "compress": compress,
+        "tile": tile, "overlap": overlap, "fmt": fmt, "compress": compress, "quantize": quantize,
         "model": model_fingerprint(model) if resume else None,
         "compute": compute_record(engine.compute),
     }
     outputs = OutputSet([sink], params, resume=resume, checkpoint_every=checkpoint_every)
-    start_row = outputs.resumable_rows()
-    if start_row >= out_grid.height:
-        start_row = 0
+    start_row = min(outputs.resumable_rows(), out_grid.height)  # all rows: only the commit (COG layout) is left
     if isinstance(progress, Progress):
         bar = progress
     else:
@@ -286,12 +304,14 @@ def embed_scene(
 
     try:
         outputs.open(start_row)
-        tiles = stream_scene(
-            plan=plan, sources=scene.sources, infer=infer, channels=channels + extra,
-            groups=groups + [(channels + k, channels + k + 1) for k in range(extra)], outputs=outputs,
-            batch_size=batch_size, s2_offset=scene.s2_offset, start_row=start_row, progress=bar,
-            on_first_batch=lambda b: check_first_batch(scene, b.data, b.valid, check_units),
-        )
+        tiles = 0
+        if start_row < out_grid.height:
+            tiles = stream_scene(
+                plan=plan, sources=scene.sources, infer=infer, channels=channels + extra,
+                groups=groups + [(channels + k, channels + k + 1) for k in range(extra)], outputs=outputs,
+                batch_size=batch_size, s2_offset=scene.s2_offset, start_row=start_row, progress=bar,
+                on_first_batch=lambda b: check_first_batch(scene, b.data, b.valid, check_units),
+            )
         outputs.commit()
     except BaseException:
         outputs.abort()

@@ -27,6 +27,7 @@ from ..errors import ConfigError, OptionError
 from ..models.backbone import MODALITIES
 from ..models.engine import ModalityBatch
 from . import stac_item
+from .cog import Overviews
 from .embed import SceneResult, compute_record, model_info, source_files, stac_path_for, warn_if_seams
 from .progress import Progress
 from .scene import SceneInputs, check_first_batch, model_fingerprint, open_scene
@@ -82,6 +83,7 @@ def predict_scene(
     checkpoint_every: float = 60.0,
     extra_tags: dict[str, str] | None = None,
     stac: bool = True,
+    cog: bool = True,
 ) -> SceneResult:
     """Map a whole scene with a fine-tuned task model, streaming.
 
@@ -101,6 +103,9 @@ def predict_scene(
             mode: the scene computes with the model's inference engine).
         stac: also write a STAC Item ``NAME.json`` beside the map and the probabilities (asset ``classes`` /
             ``probabilities``), after they are committed; skipped with a note when pystac is missing.
+        cog: write the map and probabilities as Cloud-Optimized GeoTIFFs with overviews (the map's
+            overviews take the most frequent class, the probabilities' the mean); False keeps the plain
+            tiled files.
 
     Raises:
         ConfigError: the model is not a task model, or has more than 255 classes.
@@ -167,10 +172,12 @@ def predict_scene(
     colormap = {i: (*c, 255) for i, c in enumerate(colors)}
     colormap[NODATA_CLASS] = (0, 0, 0, 0)
     sinks = [GeoTiffSink(output, out_grid, 1, "uint8", NODATA_CLASS, ["class"], tags, {1: class_tags(names)},
-                         colormap=colormap, compress=compress, convert=class_map_from_probabilities)]
+                         colormap=colormap, compress=compress, convert=class_map_from_probabilities, cog=cog,
+                         overviews=Overviews("mode", NODATA_CLASS))]
     if probabilities is not None:
         sinks.append(GeoTiffSink(Path(probabilities), out_grid, len(names), "float32", float("nan"), list(names),
-                                 {**tags, "S1S2_PRODUCT": f"{task} probabilities"}, compress=compress))
+                                 {**tags, "S1S2_PRODUCT": f"{task} probabilities"}, compress=compress, cog=cog,
+                                 overviews=Overviews("average", float("nan"))))
     params = {
         "product": "predict", "inputs": inputs.identity(), "tile": plan.tile_h, "overlap": plan.overlap,
         "compress": compress, "probabilities": str(probabilities) if probabilities else None,
@@ -178,9 +185,7 @@ def predict_scene(
         "compute": compute_record(engine.compute),
     }
     outputs = OutputSet(sinks, params, resume=resume, checkpoint_every=checkpoint_every)
-    start_row = outputs.resumable_rows()
-    if start_row >= out_grid.height:
-        start_row = 0
+    start_row = min(outputs.resumable_rows(), out_grid.height)  # all rows: only the commit (COG layout) is left
     if isinstance(progress, Progress):
         bar = progress
     else:
@@ -200,11 +205,13 @@ def predict_scene(
 
     try:
         outputs.open(start_row)
-        tiles = stream_scene(
-            plan=plan, sources=scene.sources, infer=infer, channels=len(names), groups=None, outputs=outputs,
-            batch_size=batch_size, s2_offset=scene.s2_offset, start_row=start_row, progress=bar,
-            on_first_batch=lambda b: check_first_batch(scene, b.data, b.valid, check_units),
-        )
+        tiles = 0
+        if start_row < out_grid.height:
+            tiles = stream_scene(
+                plan=plan, sources=scene.sources, infer=infer, channels=len(names), groups=None, outputs=outputs,
+                batch_size=batch_size, s2_offset=scene.s2_offset, start_row=start_row, progress=bar,
+                on_first_batch=lambda b: check_first_batch(scene, b.data, b.valid, check_units),
+            )
         outputs.commit()
     except BaseException:
         outputs.abort()

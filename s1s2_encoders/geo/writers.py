@@ -10,7 +10,9 @@ and with which parameters, so a later run with the same parameters can continue 
 
 GeoTIFFs are tiled (256 x 32 blocks by default: stripes are flushed in whole block rows, so each
 compressed block is written exactly once), compressed, band-interleaved (one embedding dimension
-per band reads fast) and BigTIFF when they may pass 4 GB.
+per band reads fast) and BigTIFF when they may pass 4 GB. With ``cog``, the finished tiled file is
+turned into a Cloud-Optimized GeoTIFF with overviews (:mod:`.cog`) under a second temporary name
+``.NAME.s1s2-cog`` before the rename; the tiled partial file is removed only once the COG is in place.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from rasterio.windows import Window
 
 from ..durable import atomic_write_text, commit_file, fsync_file
 from ..errors import OptionError, OutputExistsError
+from .cog import Overviews, write_cog
 from .grid import Grid
 
 PARTIAL_SUFFIX = ".s1s2-partial"
@@ -43,6 +46,11 @@ COMPRESSIONS = ("deflate", "zstd", "lzw", "none")
 def partial_path(final: Path) -> Path:
     """The temporary name an output is written under."""
     return final.parent / f".{final.name}{PARTIAL_SUFFIX}"
+
+
+def cog_path(final: Path) -> Path:
+    """The temporary name a COG is laid out under, from the finished partial file."""
+    return final.parent / f".{final.name}.s1s2-cog"
 
 
 def record_path(final: Path) -> Path:
@@ -147,6 +155,7 @@ class RowSink(Protocol):
     def open(self, resume: bool) -> None: ...
     def write_rows(self, row0: int, values: np.ndarray) -> None: ...
     def close(self, sync: bool = True) -> None: ...
+    def prepare(self) -> None: ...
     def commit(self) -> None: ...
     def discard(self) -> None: ...
 
@@ -163,7 +172,12 @@ class GeoTiffSink:
         tags / band_tags: dataset and per-band metadata.
         colormap: band 1 colour table ``{value: (r, g, b, a)}`` (class maps).
         compress: ``deflate``, ``zstd``, ``lzw`` or ``none``.
-        convert: applied to each ``(C, n, W)`` float32 stripe before writing (e.g. argmax).
+        convert: applied to each ``(C, n, W)`` float32 stripe before writing (e.g. argmax, int8 quantisation).
+        scales / offsets: per-band GDAL scale and offset (``value = raw * scale + offset``), e.g. ``1/127`` for
+            int8 embeddings; None leaves GDAL's default (1, 0).
+        cog: at commit, lay the finished file out as a Cloud-Optimized GeoTIFF with overviews.
+        overviews: how the COG's overview cells aggregate (default: ``average`` for float bands,
+            ``mode`` for integer ones).
     """
 
     final: Path
@@ -177,11 +191,27 @@ class GeoTiffSink:
     colormap: dict[int, tuple[int, int, int, int]] | None = None
     compress: str = "deflate"
     convert: Any = None
+    scales: Sequence[float] | None = None
+    offsets: Sequence[float] | None = None
+    cog: bool = False
+    overviews: Overviews | None = None
     _ds: Any = None
+    _prepared: bool = False
 
     @property
     def temp(self) -> Path:
         return partial_path(self.final)
+
+    @property
+    def cog_temp(self) -> Path:
+        return cog_path(self.final)
+
+    def overview_rule(self) -> Overviews:
+        """The COG's overview aggregation: the one given, else by dtype (float: average, integer: mode)."""
+        if self.overviews is not None:
+            return self.overviews
+        method = "average" if np.dtype(self.dtype).kind == "f" else "mode"
+        return Overviews(method, self.nodata)
 
     def profile(self) -> dict[str, Any]:
         width, height = self.grid.width, self.grid.height
@@ -198,11 +228,17 @@ class GeoTiffSink:
         return profile
 
     def open(self, resume: bool = False) -> None:
+        self.cog_temp.unlink(missing_ok=True)  # a layout an interrupted commit left: made again from the partial
+        self._prepared = False
         if resume and self.temp.is_file():
             self._ds = rasterio.open(self.temp, "r+")
             return
         self.temp.unlink(missing_ok=True)
         self._ds = rasterio.open(self.temp, "w", **self.profile())
+        if self.scales is not None:
+            self._ds.scales = list(self.scales)
+        if self.offsets is not None:
+            self._ds.offsets = list(self.offsets)
         for i, text in enumerate(self.descriptions, start=1):
             self._ds.set_band_description(i, text)
         if self.colormap is not None:
@@ -219,31 +255,64 @@ class GeoTiffSink:
 
     def close(self, sync: bool = True) -> None:
         """Close the partial file; with ``sync``, flush it to disk (a resume checkpoint records
-        rows as done only after this)."""
+        rows as done only after this). A COG laid out by :meth:`prepare` but not committed is removed
+        (the partial file it came from is what a resume continues from)."""
         if self._ds is not None:
             self._ds.close()
             self._ds = None
             if sync:
                 fsync_file(self.temp)
+        if self._prepared:
+            self.cog_temp.unlink(missing_ok=True)
+            self._prepared = False
+
+    def prepare(self) -> None:
+        """Mark the partial file complete and close it; with ``cog``, lay out the COG under
+        :attr:`cog_temp` (flushed). Nothing appears under the final name yet."""
+        if self._ds is None:
+            raise RuntimeError(f"{self.temp} is not open")
+        tags = {COMPLETE_TAG: "1"}
+        if self.cog:
+            tags["S1S2_OVERVIEWS"] = self.overview_rule().describe()
+        self._ds.update_tags(**tags)
+        # Without cog, commit_file flushes the file it renames; with cog the partial file is flushed now:
+        # it is what a resume lays out again if the layout is interrupted (the record then says all rows).
+        self.close(sync=self.cog)
+        if self.cog:
+            self._prepared = True
+            write_cog(self.temp, self.cog_temp, self.overview_rule(), self.compress)
 
     def commit(self) -> None:
-        """Mark complete, close, flush to disk, rename onto the final name, flush the folder."""
-        self._ds.update_tags(**{COMPLETE_TAG: "1"})
-        self.close(sync=False)  # commit_file flushes it
-        commit_file(self.temp, self.final)
+        """:meth:`prepare` (unless done), rename onto the final name durably (flushed before, folder after);
+        with ``cog`` the COG is renamed and the tiled partial file removed after."""
+        if not self._prepared and self._ds is not None:
+            self.prepare()
+        if self.cog:
+            commit_file(self.cog_temp, self.final)
+            self._prepared = False
+            self.temp.unlink(missing_ok=True)
+        else:
+            commit_file(self.temp, self.final)
 
     def discard(self) -> None:
         self.close(sync=False)
         self.temp.unlink(missing_ok=True)
+        self.cog_temp.unlink(missing_ok=True)
 
 
 @dataclass
 class NpySink:
-    """An ``(H, W, C)`` float32 ``.npy`` written by row stripes, plus a JSON sidecar
-    ``NAME.json`` with the CRS (WKT), the affine transform and the band names.
+    """An ``(H, W, C)`` ``.npy`` (float32, or int8 for quantised embeddings) written by row stripes, plus a
+    JSON sidecar ``NAME.json`` with the CRS (WKT), the affine transform, the band names and nodata.
 
     C-order ``(H, W, C)`` keeps each row stripe contiguous in the file, so stripes are plain
     ``seek`` + ``write`` calls and nothing is memory-mapped (memory stays bounded).
+
+    Attributes:
+        dtype: ``"float32"`` (nodata NaN) or ``"int8"`` (nodata ``nodata``).
+        convert: applied to each ``(C, n, W)`` float32 stripe before writing (e.g. int8 quantisation).
+        nodata: what the sidecar says marks no data (``"NaN"`` for float32).
+        metadata: more sidecar entries (e.g. ``{"quantization": ...}``).
     """
 
     final: Path
@@ -251,6 +320,10 @@ class NpySink:
     count: int
     descriptions: Sequence[str] = ()
     tags: dict[str, str] = field(default_factory=dict)
+    dtype: str = "float32"
+    convert: Any = None
+    nodata: Any = "NaN"
+    metadata: dict[str, Any] = field(default_factory=dict)
     _fh: Any = None
     _header: int = 0
 
@@ -262,25 +335,31 @@ class NpySink:
     def sidecar(self) -> Path:
         return npy_sidecar_path(self.final)
 
+    @property
+    def _dtype(self) -> np.dtype:
+        return np.dtype(self.dtype).newbyteorder("<")
+
     def open(self, resume: bool = False) -> None:
         shape = (self.grid.height, self.grid.width, self.count)
-        header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False, "shape": shape}
+        header = {"descr": np.lib.format.dtype_to_descr(self._dtype), "fortran_order": False, "shape": shape}
         if resume and self.temp.is_file():
             self._fh = open(self.temp, "r+b")
             np.lib.format.read_magic(self._fh)
             found = np.lib.format.read_array_header_2_0(self._fh)
-            if tuple(found[0]) != shape:
-                raise ValueError(f"{self.temp} holds an array of shape {found[0]}, expected {shape}")
+            if tuple(found[0]) != shape or np.dtype(found[2]) != self._dtype:
+                raise ValueError(f"{self.temp} holds an array of shape {found[0]} and dtype {found[2]}, "
+                                 f"expected {shape} and {self._dtype}")
             self._header = self._fh.tell()
             return
         self._fh = open(self.temp, "w+b")
         np.lib.format.write_array_header_2_0(self._fh, header)
         self._header = self._fh.tell()
-        self._fh.truncate(self._header + int(np.prod(shape)) * 4)
+        self._fh.truncate(self._header + int(np.prod(shape)) * self._dtype.itemsize)
 
     def write_rows(self, row0: int, values: np.ndarray) -> None:
-        stripe = np.ascontiguousarray(np.moveaxis(values, 0, -1), dtype="<f4")  # (n, W, C)
-        self._fh.seek(self._header + row0 * self.grid.width * self.count * 4)
+        data = self.convert(values) if self.convert is not None else values
+        stripe = np.ascontiguousarray(np.moveaxis(data, 0, -1), dtype=self._dtype)  # (n, W, C)
+        self._fh.seek(self._header + row0 * self.grid.width * self.count * self._dtype.itemsize)
         self._fh.write(stripe.tobytes())
 
     def close(self, sync: bool = True) -> None:
@@ -292,14 +371,18 @@ class NpySink:
             self._fh.close()
             self._fh = None
 
+    def prepare(self) -> None:
+        """Nothing to lay out: an ``.npy`` is complete once its rows are written."""
+
     def commit(self) -> None:
         """Flush and close, write the sidecar (durably), then rename the array onto its final name."""
         self.close(sync=False)  # commit_file flushes it
         meta = {
-            "shape": [self.grid.height, self.grid.width, self.count], "layout": "HWC",
+            "shape": [self.grid.height, self.grid.width, self.count], "layout": "HWC", "dtype": self.dtype,
             "crs": self.grid.crs.to_wkt() if self.grid.crs is not None else None,
             "crs_string": self.grid.crs.to_string() if self.grid.crs is not None else None,
-            "transform": list(self.grid.transform)[:6], "bands": list(self.descriptions), "nodata": "NaN",
+            "transform": list(self.grid.transform)[:6], "bands": list(self.descriptions), "nodata": self.nodata,
+            **self.metadata,
             "tags": self.tags,
         }
         # The sidecar first: an .npy under its final name always has its georeferencing beside it.
@@ -392,6 +475,10 @@ class OutputSet:
         atomic_write_text(self.record, json.dumps({"rows_done": self.rows_done, "params": self.params}) + "\n")
 
     def commit(self) -> None:
+        """Prepare every output (COG layouts), then rename them into place, the primary one last: an
+        interrupt while any layout is made leaves no final file and keeps every partial one."""
+        for sink in self.sinks:
+            sink.prepare()
         for sink in self.sinks[1:] + [self.primary]:
             sink.commit()
         self.record.unlink(missing_ok=True)
@@ -414,4 +501,5 @@ class OutputSet:
         else:
             for sink in self.sinks:
                 partial_path(sink.final).unlink(missing_ok=True)
+                cog_path(sink.final).unlink(missing_ok=True)
             self.record.unlink(missing_ok=True)
