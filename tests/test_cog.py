@@ -81,7 +81,7 @@ def test_embedding_cog_layout_tags_and_values_through_rasterio(real_runs):
         full = ds.read()
         assert np.array_equal(full, plain.read(), equal_nan=True)  # the layout changes no value
     np.testing.assert_allclose(read_level(real_runs / "cog.tif", 0), nan_mean_2x2(full), rtol=1e-6, atol=1e-6)
-    assert files_in(real_runs) == ["cog.tif", "plain.tif"]
+    assert files_in(real_runs) == ["cog.json", "cog.tif", "plain.json", "plain.tif"]  # each with its STAC Item
 
 
 def test_overview_levels_aggregate_the_level_above_and_metadata_survives(tmp_path, monkeypatch):
@@ -153,7 +153,7 @@ def test_predict_cogs_map_overviews_take_the_mode_and_probabilities_the_mean(tmp
     out.mkdir()
     predict_scene(tiny_segmenter(), SceneInputs(s1=[p1], s2=[p2], s2_offset=0), out / "map.tif",
                   probabilities=out / "probs.tif", tile=128, overlap=32, progress=False)
-    assert files_in(out) == ["map.tif", "probs.tif"]
+    assert files_in(out) == ["map.json", "map.tif", "probs.json", "probs.tif"]  # each with its STAC Item
     with rasterio.open(out / "map.tif") as ds:
         assert ds.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and ds.overviews(1) == [2]
         assert ds.nodata == 255 and ds.colormap(1)[0] == (0, 0, 255, 255) and ds.colormap(1)[255] == (0, 0, 0, 0)
@@ -193,7 +193,7 @@ def test_an_interrupt_during_the_cog_layout_leaves_no_final_file(tmp_path, monke
     monkeypatch.setattr(cog.rasterio.shutil, "copy", real_copy)
     result = embed_scene(model, REAL, out, resume=True, **ONE_TILE)
     assert result.resumed_from_row == 56 and result.tiles == 0  # every row was on disk: only the layout ran
-    assert files_in(tmp_path) == ["emb.tif"]
+    assert files_in(tmp_path) == ["emb.json", "emb.tif"]
     assert np.array_equal(read_level(out), read_level(real_runs / "cog.tif"), equal_nan=True)
     with rasterio.open(out) as ds:
         assert ds.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"

@@ -197,7 +197,7 @@ def test_npy_output_matches_the_geotiff(tmp_path):
     p1, p2 = write_raster(tmp_path / "s1.tif", s1), write_raster(tmp_path / "s2.tif", s2)
     model = tiny_model()
     inputs = SceneInputs(s1=[p1], s2=[p2], s2_offset=0)
-    embed_scene(model, inputs, tmp_path / "e.tif", tile=96, overlap=32, stride=16, progress=False)
+    embed_scene(model, inputs, tmp_path / "e.tif", tile=96, overlap=32, stride=16, progress=False, stac=False)
     result = embed_scene(model, inputs, tmp_path / "e.npy", tile=96, overlap=32, stride=16, fmt="npy", progress=False)
     assert result.outputs == [tmp_path / "e.npy", tmp_path / "e.npy.json", tmp_path / "e.json"]
     array = np.load(tmp_path / "e.npy")

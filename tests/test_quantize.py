@@ -131,7 +131,7 @@ def test_nan_cells_are_nodata_in_every_band_of_their_modality_in_tif_and_npy(tmp
     options = dict(OPTIONS, tile=128, stride=8)
     embed_scene(model, inputs, out / "f32.tif", cog=False, **options)
     embed_scene(model, inputs, out / "i8.tif", quantize="int8", **options)
-    embed_scene(model, inputs, out / "i8.npy", fmt="npy", quantize="int8", **options)
+    embed_scene(model, inputs, out / "i8n.npy", fmt="npy", quantize="int8", **options)
     with rasterio.open(out / "f32.tif") as ds:
         floats = ds.read()
     with rasterio.open(out / "i8.tif") as ds:
@@ -140,14 +140,14 @@ def test_nan_cells_are_nodata_in_every_band_of_their_modality_in_tif_and_npy(tmp
     missing = np.isnan(floats)
     assert missing[32:, :, :6].all() and not missing[:32].any()  # the float file: S2 part NaN on the left
     assert np.array_equal(q == INT8_NODATA, missing)  # -128 exactly where the float file has NaN
-    array = np.load(out / "i8.npy")
+    array = np.load(out / "i8n.npy")
     assert array.dtype == np.int8 and array.shape == (16, 16, 64)
     assert np.array_equal(np.moveaxis(array, -1, 0), q)
-    sidecar = json.loads((out / "i8.npy.json").read_text())
+    sidecar = json.loads((out / "i8n.npy.json").read_text())
     assert sidecar["dtype"] == "int8" and sidecar["nodata"] == -128
     assert sidecar["quantization"] == quantization_metadata("int8", groups, ["s1", "s2"])
     assert sidecar["tags"]["S1S2_QUANTIZATION"] == "int8"
-    assert files_in(out) == ["f32.tif", "i8.npy", "i8.npy.json", "i8.tif"]
+    assert files_in(out) == ["f32.json", "f32.tif", "i8.json", "i8.tif", "i8n.json", "i8n.npy", "i8n.npy.json"]
 
 
 def test_resume_with_another_quantisation_starts_over(tmp_path, monkeypatch, model):

@@ -59,7 +59,7 @@ def test_dense_geotiff_item_matches_the_file(tmp_path, model):
     footprint = shapely.geometry.shape(item.geometry)
     assert footprint.is_valid and footprint.exterior.is_ccw and shapely.box(*item.bbox).covers(footprint)
     asset = item.assets["embeddings"]
-    assert Path(asset.get_absolute_href()) == out and asset.media_type == "image/tiff; application=geotiff"
+    assert Path(asset.get_absolute_href()) == out and asset.media_type == "image/tiff; application=geotiff; profile=cloud-optimized"  # COG by default
     assert asset.roles == ["data"]
     # TerraMesh files carry no acquisition time: the processing time, marked as such.
     assert p["s1s2:datetime_source"] == "processing time" and item.datetime is not None
@@ -155,6 +155,18 @@ def test_sidecar_refusals_and_no_stac(tmp_path, model, monkeypatch):
     result = embed_scene(model, TM_INPUTS, tmp_path / "plain.tif", tile=224, progress=False)
     assert result.outputs == [tmp_path / "plain.tif"] and not (tmp_path / "plain.json").exists()
     assert any("pip install 's1s2-encoders[stac]'" in note for note in result.notes)
+
+
+def test_two_outputs_with_one_stem_do_not_share_an_item(tmp_path, model):
+    embed_scene(model, TM_INPUTS, tmp_path / "emb.tif", pooled=True, tile=224, progress=False)
+    item_before = (tmp_path / "emb.json").read_bytes()
+    with pytest.raises(OutputExistsError, match=r"emb.json is the STAC Item of emb.tif, another output with the same name stem"):
+        embed_scene(model, TM_INPUTS, tmp_path / "emb.npy", fmt="npy", pooled=True, tile=224, progress=False)
+    assert (tmp_path / "emb.json").read_bytes() == item_before and not (tmp_path / "emb.npy").exists()
+    # The same output again replaces its own Item (a rerun); --overwrite lets the other one take it.
+    embed_scene(model, TM_INPUTS, tmp_path / "emb.tif", pooled=True, tile=224, progress=False, overwrite=True)
+    embed_scene(model, TM_INPUTS, tmp_path / "emb.npy", fmt="npy", pooled=True, tile=224, progress=False, overwrite=True)
+    assert load(tmp_path / "emb.json").assets["embeddings"].href == "./emb.npy"
 
 
 def test_cli_many_scenes_redo_a_scene_whose_item_is_missing(tmp_path, capsys):

@@ -156,6 +156,7 @@ class ChipSink:
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     id_prefix: str = ""
     _rows: dict[int, np.ndarray] = field(default_factory=dict)
+    _prepared: bool = False
 
     def __post_init__(self) -> None:
         self.quantize = check_quantize(self.quantize)
@@ -184,6 +185,7 @@ class ChipSink:
 
     def discard(self) -> None:
         self._rows = {}
+        self._prepared = False
         self.temp.unlink(missing_ok=True)
 
     def table(self):
@@ -283,18 +285,32 @@ class ChipSink:
         meta = {**self.metadata, "rows": n, "chip_grid": [n_rows, n_cols]}
         return table.replace_schema_metadata({b"geo": json.dumps(geo).encode(), METADATA_KEY: json.dumps(meta).encode()})
 
-    def commit(self) -> None:
-        """Write the whole table under the partial name (ZSTD), flush it, rename it onto the final name."""
+    def prepare(self) -> None:
+        """Write the whole table under the partial name (ZSTD) and flush it; :meth:`commit` renames it.
+
+        Outputs are committed in two steps (every file prepared, then every one renamed), so that an
+        interrupt while any of them is laid out leaves no final file."""
         import pyarrow.parquet as pq
 
         table = self.table()
         try:
             pq.write_table(table, self.temp, compression="zstd")
+        except BaseException:
+            self.temp.unlink(missing_ok=True)
+            raise
+        self._prepared = True
+
+    def commit(self) -> None:
+        """Rename the prepared file onto the final name, durably (prepares it first if that was not done)."""
+        if not self._prepared:
+            self.prepare()
+        try:
             commit_file(self.temp, self.final)
         except BaseException:
             self.temp.unlink(missing_ok=True)
             raise
         self._rows = {}
+        self._prepared = False
 
 
 def is_own_parquet(path: Path) -> bool:

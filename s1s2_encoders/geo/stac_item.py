@@ -93,10 +93,26 @@ def check_item_path(output: Path, inputs: Sequence[Path], overwrite: bool) -> Pa
     if resolved == Path(output).resolve() or any(resolved == Path(p).resolve() for p in inputs):
         raise OptionError(f"the STAC Item sidecar of {output} would be {path}, which is an input or the output itself; "
                           "choose another output name or pass stac=False / --no-stac")
-    if path.exists() and not overwrite and not is_own_item(path):
-        raise OutputExistsError(f"{path} (the STAC Item sidecar of {output}) exists and was not written by s1s2_encoders; "
-                                "move it away, pass --overwrite, or --no-stac")
+    if path.exists() and not overwrite:
+        if not is_own_item(path):
+            raise OutputExistsError(f"{path} (the STAC Item sidecar of {output}) exists and was not written by "
+                                    "s1s2_encoders; move it away, pass --overwrite, or --no-stac")
+        described = _asset_file_names(path)
+        if described and Path(output).name not in described:
+            # Two outputs with one stem in one folder (emb.tif and emb.npy) would share one Item.
+            raise OutputExistsError(f"{path} is the STAC Item of {', '.join(sorted(described))}, another output with the "
+                                    f"same name stem as {output}; choose another output name, pass --overwrite to "
+                                    "replace that Item, or --no-stac")
     return path
+
+
+def _asset_file_names(path: Path) -> set[str]:
+    """The file names the assets of the Item at ``path`` point at (relative hrefs, as this package writes)."""
+    try:
+        assets = json.loads(Path(path).read_text(encoding="utf-8")).get("assets") or {}
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return {Path(str(a.get("href", ""))).name for a in assets.values() if isinstance(a, dict) and "data" in (a.get("roles") or [])}
 
 
 def footprint_4326(grid: Grid, densify: int = 8) -> tuple[dict[str, Any], list[float]]:
