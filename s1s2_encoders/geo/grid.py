@@ -64,7 +64,9 @@ class Grid:
                 when the cells are centred earlier (ResNet feature maps, see
                 :func:`~s1s2_encoders.models.towers.cell_origin_shift`).
         """
-        transform = self.transform * Affine.translation(origin_shift, origin_shift) * Affine.scale(factor)
+        # affine >= 2.4 composes with @ (3.x deprecates * for it); older releases only have *.
+        compose = (lambda a, b: a @ b) if hasattr(Affine, "__matmul__") else (lambda a, b: a * b)
+        transform = compose(compose(self.transform, Affine.translation(origin_shift, origin_shift)), Affine.scale(factor))
         return Grid(self.crs, transform, -(-self.width // factor), -(-self.height // factor))
 
     def describe(self) -> str:
