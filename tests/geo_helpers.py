@@ -95,3 +95,19 @@ def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: floa
 def files_in(folder: Path) -> list[str]:
     """Every entry of a folder, hidden ones included (to see leftover partial files)."""
     return sorted(p.name for p in folder.iterdir())
+
+
+def fail_encoding_at(monkeypatch, call: int, exc: BaseException) -> None:
+    """Make the ``call``-th ``InferenceEngine.encode_batch`` of the test raise ``exc`` (an interrupted
+    scene); ``monkeypatch.undo()`` or the end of the test restores it."""
+    from s1s2_encoders.models.engine import InferenceEngine
+
+    encode, calls = InferenceEngine.encode_batch, []
+
+    def failing(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise exc
+        return encode(self, *args, **kwargs)
+
+    monkeypatch.setattr(InferenceEngine, "encode_batch", failing)

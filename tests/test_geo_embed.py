@@ -12,7 +12,7 @@ from rasterio.transform import Affine
 
 from conftest import TERRAMESH, tiny_model
 from geo_helpers import (
-    BEN_PAIRS, BIGEARTHNET, UTM, UTM_TRANSFORM, WGS84, WGS84_TRANSFORM, files_in, read, run_cli, save_tiny,
+    BEN_PAIRS, BIGEARTHNET, UTM, UTM_TRANSFORM, WGS84, WGS84_TRANSFORM, fail_encoding_at, files_in, read, run_cli, save_tiny,
     synthetic_scene, write_raster,
 )
 from s1s2_encoders import UnitsError
@@ -371,7 +371,6 @@ def test_bfloat16_output_is_float32_and_close(tmp_path):
 def test_resume_with_another_precision_is_refused_naming_both(tmp_path, monkeypatch):
     """The resume record keeps the compute dtype and device: rows of bfloat16 and float32 are never stitched."""
     from s1s2_encoders.errors import OptionError
-    from s1s2_encoders.models.engine import InferenceEngine
 
     s1, s2 = synthetic_scene(512, 96, seed=8)
     p1, p2 = write_raster(tmp_path / "s1.tif", s1), write_raster(tmp_path / "s2.tif", s2)
@@ -379,18 +378,10 @@ def test_resume_with_another_precision_is_refused_naming_both(tmp_path, monkeypa
     model = tiny_model(normalization="fixed")
     inputs = SceneInputs(s1=[p1], s2=[p2], s2_offset=0)
     options = dict(tile=96, overlap=0, stride=8, batch_size=1, progress=False, resume=True, checkpoint_every=0)
-    encode, calls = InferenceEngine.encode_batch, []
-
-    def failing(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 4:
-            raise RuntimeError("stop")
-        return encode(self, *args, **kwargs)
-
-    monkeypatch.setattr(InferenceEngine, "encode_batch", failing)
+    fail_encoding_at(monkeypatch, 4, RuntimeError("stop"))
     with pytest.raises(RuntimeError, match="stop"):
         embed_scene(model, inputs, out, dtype="float32", **options)
-    monkeypatch.setattr(InferenceEngine, "encode_batch", encode)
+    monkeypatch.undo()
     record = json.loads((tmp_path / ".emb.tif.s1s2-partial.json").read_text())
     assert record["rows_done"] > 0 and record["params"]["compute"] == {"dtype": "float32", "device": "cpu", "mode": "plain"}
     with warnings.catch_warnings():

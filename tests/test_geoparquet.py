@@ -15,7 +15,7 @@ import shapely
 from rasterio.warp import transform_geom
 
 from conftest import TERRAMESH, tiny_model
-from geo_helpers import BEN_PAIRS, BIGEARTHNET, files_in, save_tiny, synthetic_scene, write_raster
+from geo_helpers import BEN_PAIRS, BIGEARTHNET, fail_encoding_at, files_in, save_tiny, synthetic_scene, write_raster
 from s1s2_encoders import OptionError
 from s1s2_encoders.cli import main
 from s1s2_encoders.geo import SceneInputs, embed_scene
@@ -200,23 +200,12 @@ def test_geoparquet_needs_pooled_and_refuses_resume(tmp_path, model):
 
 
 def test_an_interrupted_run_leaves_no_file(tmp_path, model, monkeypatch):
-    from s1s2_encoders.models.engine import InferenceEngine
-
-    encode = InferenceEngine.encode_batch
-    calls = []
-
-    def failing(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("stop")
-        return encode(self, *args, **kwargs)
-
-    monkeypatch.setattr(InferenceEngine, "encode_batch", failing)
+    fail_encoding_at(monkeypatch, 2, KeyboardInterrupt("stop"))
     with pytest.raises(KeyboardInterrupt, match="stop"):
         embed_scene(model, TM_INPUTS, tmp_path / "c.parquet", pooled=True, tile=64, batch_size=4, fmt="geoparquet",
                     progress=False)
     assert files_in(tmp_path) == []
-    monkeypatch.setattr(InferenceEngine, "encode_batch", encode)
+    monkeypatch.undo()
     # A failure while the file itself is written: the partial file goes too.
     import pyarrow.parquet
 

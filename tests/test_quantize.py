@@ -8,7 +8,7 @@ import pytest
 import rasterio
 
 from conftest import TERRAMESH, tiny_model
-from geo_helpers import files_in, save_tiny, synthetic_scene, write_raster
+from geo_helpers import fail_encoding_at, files_in, save_tiny, synthetic_scene, write_raster
 from s1s2_encoders.cli import main
 from s1s2_encoders.errors import OptionError
 from s1s2_encoders.geo import SceneInputs, embed_scene
@@ -151,24 +151,15 @@ def test_nan_cells_are_nodata_in_every_band_of_their_modality_in_tif_and_npy(tmp
 
 
 def test_resume_with_another_quantisation_starts_over(tmp_path, monkeypatch, model):
-    from s1s2_encoders.models.engine import InferenceEngine
 
     s1, s2 = synthetic_scene(512, 96, seed=8)
     p1, p2 = write_raster(tmp_path / "s1.tif", s1), write_raster(tmp_path / "s2.tif", s2)
     inputs, out = SceneInputs(s1=[p1], s2=[p2], s2_offset=0), tmp_path / "emb.tif"
     options = dict(OPTIONS, tile=96, stride=8, resume=True, checkpoint_every=0)
-    encode, calls = InferenceEngine.encode_batch, []
-
-    def failing(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 4:
-            raise RuntimeError("stop")
-        return encode(self, *args, **kwargs)
-
-    monkeypatch.setattr(InferenceEngine, "encode_batch", failing)
+    fail_encoding_at(monkeypatch, 4, RuntimeError("stop"))
     with pytest.raises(RuntimeError, match="stop"):
         embed_scene(model, inputs, out, quantize="int8", **options)
-    monkeypatch.setattr(InferenceEngine, "encode_batch", encode)
+    monkeypatch.undo()
     record = json.loads((tmp_path / ".emb.tif.s1s2-partial.json").read_text())
     assert record["rows_done"] > 0 and record["params"]["quantize"] == "int8"
     result = embed_scene(model, inputs, out, **options)  # float32 now: the int8 rows are not reused
