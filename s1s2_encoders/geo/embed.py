@@ -17,7 +17,7 @@ from ..models.backbone import MODALITIES, S1S2Backbone
 from ..models.towers import PYRAMID_STRIDES, cell_origin_shift
 from .grid import Grid
 from .progress import Progress
-from .feed import check_batch_size, check_readers, default_batch_size, resolve_readers
+from .feed import check_batch_size, check_readers, default_batch_size, resolve_readers, writer_env
 from .scene import MODALITY_CHOICES, SceneInputs, check_first_batch, model_fingerprint, open_scene
 from .stream import Batch, stream_scene
 from .tiling import TilePlan
@@ -211,7 +211,8 @@ def embed_scene(
         return torch.cat(parts, dim=1).cpu().numpy()
 
     try:
-        outputs.open(start_row)
+        with writer_env(engine.compute.device):  # GDAL compression threads on CUDA
+            outputs.open(start_row)
         tiles = stream_scene(
             plan=plan, sources=scene.sources, infer=infer, channels=channels, groups=groups, outputs=outputs,
             batch_size=batch_size, s2_offset=scene.s2_offset, start_row=start_row, progress=bar,

@@ -13,6 +13,8 @@
   done. The input checks and normalisation then run on the device (the engines normalise the
   tensors where they are: :meth:`~s1s2_encoders.models.engine.InferenceEngine.encode_batch`). On
   CPU nothing is staged: the tensors are views of the readers' arrays, as before.
+* :func:`writer_env`: with CUDA compute the output GeoTIFFs compress their blocks in several GDAL
+  threads (the one writer thread hands GDAL a stripe; GDAL compresses its blocks in parallel).
 """
 
 from __future__ import annotations
@@ -85,6 +87,29 @@ def default_batch_size(device: torch.device, tile: int = 448, memory_bytes: int 
     if memory_bytes < GPU_LARGE_MEMORY:
         return CPU_BATCH_SIZE
     return int(max(8, min(128, round(GPU_BATCH_SIZE * (448 / tile) ** 2))))
+
+
+def writer_threads(device: torch.device, cores: int | None = None) -> int:
+    """GDAL compression threads for the output files: 1 with CPU compute (the model uses every core
+    and the writer is far from the bottleneck), a quarter of the cores (1 .. 4) with CUDA compute,
+    where compressing float32 embeddings (~25 ms per 448 px tile of dual Swin-T stride-32 features
+    with DEFLATE on one core) would otherwise cap the scene at ~40 tiles/s."""
+    if device.type != "cuda":
+        return 1
+    cores = available_cores() if cores is None else cores
+    return max(1, min(4, cores // 4))
+
+
+def writer_env(device: torch.device) -> contextlib.AbstractContextManager:
+    """Where to open the output files so that GDAL compresses their blocks with
+    :func:`writer_threads` threads (``GDAL_NUM_THREADS`` at creation; a value the user set in the
+    environment wins)."""
+    threads = writer_threads(device)
+    if threads <= 1 or "GDAL_NUM_THREADS" in os.environ:
+        return contextlib.nullcontext()
+    import rasterio
+
+    return rasterio.Env(GDAL_NUM_THREADS=str(threads))
 
 
 def check_batch_size(batch_size: object) -> None:

@@ -27,7 +27,7 @@ from ..errors import ConfigError, OptionError
 from ..models.backbone import MODALITIES
 from .embed import SceneResult, compute_record, warn_if_seams
 from .progress import Progress
-from .feed import check_batch_size, check_readers, default_batch_size, resolve_readers
+from .feed import check_batch_size, check_readers, default_batch_size, resolve_readers, writer_env
 from .scene import SceneInputs, check_first_batch, model_fingerprint, open_scene
 from .stream import Batch, stream_scene
 from .tiling import TilePlan
@@ -187,7 +187,8 @@ def predict_scene(
         return probs[:, :, None, None] if probs.ndim == 2 else probs
 
     try:
-        outputs.open(start_row)
+        with writer_env(engine.compute.device):  # GDAL compression threads on CUDA
+            outputs.open(start_row)
         tiles = stream_scene(
             plan=plan, sources=scene.sources, infer=infer, channels=len(names), groups=None, outputs=outputs,
             batch_size=batch_size, s2_offset=scene.s2_offset, start_row=start_row, progress=bar,
