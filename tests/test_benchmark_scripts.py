@@ -79,3 +79,23 @@ def test_scene_memory_benchmark_reports_memory_and_the_throughput_ratio(tmp_path
     assert row["throughput_ratio"] == row["tiles_per_s"] / row["forward_tiles_per_s"]
     assert row["compute"].startswith(("bfloat16", "float32"))  # the pure forward pass takes embed's default path
     assert row["output_mib"] >= 0 and "e2e/fwd" in done.stdout and not (tmp_path / "emb_256.tif").exists()  # removed after measuring
+
+
+def test_scene_pipeline_benchmark_reports_readers_end_to_end_and_cores(tmp_path):
+    out = tmp_path / "pipeline.json"
+    done = run("scene_pipeline.py", "--size", "320", "--tile", "128", "--overlap", "32", "--batch-size", "2",
+               "--max-readers", "2", "--repeats", "1", "--forward-rate", "500", "--workdir", str(tmp_path),
+               "--json", str(out))
+    report = json.loads(out.read_text())
+    assert {"cpu", "reader_only", "end_to_end", "cores_to_feed", "outputs_identical", "writer_s_per_tile"} <= set(report)
+    assert set(report["reader_only"]) == set(report["end_to_end"]) == {"1", "2"}
+    assert all(v > 0 for v in [*report["reader_only"].values(), *report["end_to_end"].values()])
+    assert report["cpu"]["class"] in ("avx512_bf16", "no avx512_bf16") and report["cpu"]["cores"] >= 1
+    assert report["outputs_identical"] and len(set(report["output_sha256"].values())) == 1
+    assert report["scene"]["tiles"] == 16  # 4 x 4 tiles of 128 px (96 px steps) on 320 px
+    assert all(report["peak_buffers"][n] <= int(n) + 2 for n in ("1", "2"))
+    feed = report["cores_to_feed"]
+    assert feed["forward_rate"] == 500 and feed["ideal"] == math.ceil(500 / report["reader_only"]["1"]) + 1
+    assert feed["at_measured_efficiency"] >= feed["ideal"] and "estimate" in feed["note"]
+    assert done.stdout.startswith(f"# CPU class: {report['cpu']['class']}")
+    assert "cores at the measured efficiency" in done.stdout

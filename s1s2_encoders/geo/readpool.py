@@ -1,27 +1,31 @@
 """Ordered parallel reading of tile batches: N reader threads, one fixed batch order.
 
 Reading a 448 px tile of a DEFLATE-compressed S1/S2 pair (decode, nodata masks, S2 offset, edge
-padding) costs about 10 ms of CPU; one reader thread therefore caps a scene at ~100 tiles/s whatever
-runs the model. A :class:`ReaderPool` spreads whole batches over ``N`` threads:
+padding) costs about 10-15 ms of CPU; one reader thread therefore caps a scene at ~70-100 tiles/s
+whatever runs the model. A :class:`ReaderPool` spreads the reading over ``N`` threads:
 
-* batch ``k`` (tiles ``k*B .. k*B+B-1`` in the plan's row-major order) is read by worker ``k % N``,
-  each worker with **its own** dataset handles (rasterio handles stay in the thread that opened
-  them; GDAL releases the GIL while it decodes, so the workers run in parallel);
-* the consumer takes batch ``k`` from worker ``k % N``'s queue, so batches arrive in plan order
-  whatever order the workers finish in, and the output is bit-identical for every ``N``;
-* a worker may start batch ``k`` only once batch ``k - W`` has been released by the consumer, with
-  ``W = N + queued + 1`` batch buffers in all (``N`` being filled, ``queued`` waiting, one in
-  compute): memory is bounded and a free buffer always exists for the batch the consumer waits for
-  (no deadlock, whatever the speeds).
+* the scene is split into ``N`` **column bands** of tiles; reader ``j`` reads, for every batch, the
+  tiles of its band, with **its own** dataset handles (rasterio handles stay in the thread that
+  opened them; GDAL releases the GIL while it decodes, so the readers run in parallel). Bands keep
+  each reader on its own GeoTIFF blocks: neighbouring tiles (left/right and the next tile row)
+  share blocks, and GDAL caches blocks per dataset handle, so handing whole batches to readers in
+  turn made every reader decode most blocks again (measured: 2x the decoding CPU per tile with 2
+  readers; with bands, 1.1-1.4x, the blocks at band edges);
+* batch ``k`` (tiles ``k*B .. k*B+B-1`` in the plan's row-major order, as with one reader) lives in
+  buffer ``k % W``; the last reader to finish its part of batch ``k`` marks it ready, and the
+  consumer takes batches in order ``0, 1, 2 ...``, so the output is bit-identical for every ``N``;
+* readers may start batch ``k`` only once batch ``k - W`` has been released by the consumer, with
+  ``W`` batch buffers in all: ``queued + 2`` with one reader (one being filled, ``queued`` waiting,
+  one in compute) and ``queued + 3`` with more (one more for readers that run ahead of the
+  others): memory is bounded and does not grow with ``N``.
 
-The first error of any worker stops all of them and is raised by :meth:`ReaderPool.get` (the
+The first error of any reader stops all of them and is raised by :meth:`ReaderPool.get` (the
 original exception object); :meth:`ReaderPool.close` stops and joins every thread.
 """
 
 from __future__ import annotations
 
 import contextlib
-import queue
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -120,56 +124,53 @@ class BatchBuffers:
     ``count`` batches exist at any time, whatever the scene size. ``pin``: page-locked host memory
     (for non-blocking copies to a CUDA device; only when CUDA is available).
 
-    ``in_use`` / ``peak_in_use`` count the buffers handed out (for tests and benchmarks).
+    ``in_use`` / ``peak_in_use`` count the buffers holding a batch (for tests and benchmarks).
     """
 
     def __init__(self, sources: dict[str, ModalitySource], plan: TilePlan, batch_size: int, count: int,
                  pin: bool = False):
         self.count = count
-        self.free: queue.Queue = queue.Queue()
         self.pinned = bool(pin and torch.cuda.is_available())
         self._lock = threading.Lock()
         self.in_use = 0
         self.peak_in_use = 0
+        self.arrays = []
         for _ in range(count):
             data = {m: self._zeros((batch_size, src.n_channels, plan.tile_h, plan.tile_w), torch.float32)
                     for m, src in sources.items()}
             valid = {m: self._zeros((batch_size, plan.tile_h, plan.tile_w), torch.bool) for m in sources}
-            self.free.put((data, valid))
+            self.arrays.append((data, valid))
 
     def _zeros(self, shape: tuple[int, ...], dtype: torch.dtype) -> np.ndarray:
         # A numpy view of a torch tensor keeps the tensor's (possibly pinned) memory alive.
         return torch.zeros(shape, dtype=dtype, pin_memory=self.pinned).numpy()
 
-    def take(self, stop: threading.Event):
-        """A free buffer ``(data, valid)``, or ``None`` once ``stop`` is set."""
-        while not stop.is_set():
-            try:
-                taken = self.free.get(timeout=_POLL_S)
-            except queue.Empty:
-                continue
-            with self._lock:
-                self.in_use += 1
-                self.peak_in_use = max(self.peak_in_use, self.in_use)
-            return taken
-        return None
+    def claim(self) -> None:
+        with self._lock:
+            self.in_use += 1
+            self.peak_in_use = max(self.peak_in_use, self.in_use)
 
-    def give_back(self, taken) -> None:
+    def give_back(self) -> None:
         with self._lock:
             self.in_use -= 1
-        self.free.put(taken)
+
+
+def column_owners(tiles: Sequence[Tile], readers: int) -> dict[int, int]:
+    """Tile column offset -> the reader whose band it is in (``readers`` bands of about equal width)."""
+    columns = sorted({t.x for t in tiles})
+    return {x: i * readers // max(1, len(columns)) for i, x in enumerate(columns)}
 
 
 class ReaderPool:
     """``readers`` threads that read the batches of ``tiles`` and deliver them in order.
 
     Args:
-        sources: the modalities to read (each worker opens its own handles).
+        sources: the modalities to read (each reader opens its own handles).
         plan / tiles: the tiling and the tiles to read, in order.
         batch_size: tiles per batch (the last batch may be shorter).
         s2_offset: digital numbers subtracted from S2.
-        readers: worker threads (capped at the number of batches).
-        queued: finished batches that may wait for the consumer beyond one per worker being filled.
+        readers: reader threads (capped at the number of tile columns).
+        queued: finished batches that may wait for the consumer.
         pin: page-locked buffers (CUDA compute).
     """
 
@@ -177,13 +178,15 @@ class ReaderPool:
                  s2_offset: float, readers: int, *, queued: int = 1, pin: bool = False):
         self.sources, self.plan, self.s2_offset = sources, plan, s2_offset
         self.chunks = [tiles[i: i + batch_size] for i in range(0, len(tiles), batch_size)]
-        self.readers = max(1, min(readers, len(self.chunks)))
-        self.window = self.readers + queued + 1
+        self.readers = max(1, min(readers, len({t.x for t in tiles}) or 1))
+        self.window = queued + 2 + (1 if self.readers > 1 else 0)
+        self.owner = column_owners(tiles, self.readers)
         self.buffers = BatchBuffers(sources, plan, min(batch_size, len(tiles)) or 1, self.window, pin=pin)
         self.stop = threading.Event()
         self.failure: list[BaseException] = []
-        self._queues: list[queue.Queue] = [queue.Queue() for _ in range(self.readers)]
         self._released = 0
+        self._remaining: dict[int, int] = {}  # batch -> readers still filling it
+        self._ready: dict[int, Batch] = {}
         self._turn = threading.Condition()
         self._threads = [threading.Thread(target=self._work, args=(j,), name=f"s1s2-reader-{j}", daemon=True)
                          for j in range(self.readers)]
@@ -197,53 +200,57 @@ class ReaderPool:
             thread.start()
         return self
 
-    # ------------------------------------------------------------------ workers
+    # ------------------------------------------------------------------ readers
     def _may_start(self, k: int) -> bool:
-        """Wait until batch ``k`` fits in the window of buffers (False once stopped)."""
+        """Wait until batch ``k``'s buffer is free (False once stopped); the first reader there claims it."""
         with self._turn:
             while k >= self._released + self.window:
                 if self.stop.is_set():
                     return False
                 self._turn.wait(_POLL_S)
+            if k not in self._remaining:
+                self._remaining[k] = self.readers
+                self.buffers.claim()
         return not self.stop.is_set()
-
-    def _released_one(self, taken) -> None:
-        self.buffers.give_back(taken)
-        with self._turn:
-            self._released += 1
-            self._turn.notify_all()
 
     def _work(self, j: int) -> None:
         try:
             with contextlib.ExitStack() as stack:
                 handles = {m: stack.enter_context(src.reader()) for m, src in self.sources.items()}
-                for k in range(j, self.n_batches, self.readers):
+                for k in range(self.n_batches):
                     if not self._may_start(k):
                         return
-                    batch = self._read(handles, k)
-                    if batch is None:
-                        return
-                    self._queues[j].put(batch)
+                    data, valid = self._views(k)
+                    for slot, tile in enumerate(self.chunks[k]):
+                        if self.owner[tile.x] != j:
+                            continue
+                        if self.stop.is_set():
+                            return
+                        read_tile(handles, self.plan, tile, self.s2_offset, data, valid, slot)
+                    with self._turn:
+                        self._remaining[k] -= 1
+                        last = self._remaining[k] == 0
+                    if last:  # every part is in: this reader finishes the batch
+                        batch = self._finish(k, data, valid)
+                        with self._turn:
+                            del self._remaining[k]
+                            self._ready[k] = batch
+                            self._turn.notify_all()
         except BaseException as exc:  # the first one is raised by get() in the consumer
             with self._turn:
                 self.failure.append(exc)
+                self._turn.notify_all()
             self.stop.set()
 
-    def _read(self, handles: dict, k: int) -> Batch | None:
-        taken = self.buffers.take(self.stop)
-        if taken is None:
-            return None
-        chunk = self.chunks[k]
-        n = len(chunk)
-        data = {m: array[:n] for m, array in taken[0].items()}
-        valid = {m: array[:n] for m, array in taken[1].items()}
-        for slot, tile in enumerate(chunk):
-            if self.stop.is_set():
-                self.buffers.give_back(taken)
-                return None
-            read_tile(handles, self.plan, tile, self.s2_offset, data, valid, slot)
-        has_data = {m: valid[m].reshape(n, -1).any(axis=1) for m in self.sources}
-        empty = ~np.any(list(has_data.values()), axis=0)
+    def _views(self, k: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        n = len(self.chunks[k])
+        data, valid = self.buffers.arrays[k % self.window]
+        return {m: a[:n] for m, a in data.items()}, {m: a[:n] for m, a in valid.items()}
+
+    def _finish(self, k: int, data: dict[str, np.ndarray], valid: dict[str, np.ndarray]) -> Batch:
+        n = len(self.chunks[k])
+        has_data = [valid[m].reshape(n, -1).any(axis=1) for m in self.sources]
+        empty = ~np.any(has_data, axis=0)
         keep = ~empty
         full = {m: bool(valid[m].all()) if keep.all() else bool(valid[m][keep].all()) for m in self.sources}
         once = threading.Lock()
@@ -254,39 +261,35 @@ class ReaderPool:
                 if state["released"]:
                     return
                 state["released"] = True
-            self._released_one(taken)
+            self.buffers.give_back()
+            with self._turn:
+                self._released += 1
+                self._turn.notify_all()
 
-        return Batch(chunk, data, valid, empty, release=release, full=full, index=k)
+        return Batch(self.chunks[k], data, valid, empty, release=release, full=full, index=k)
 
     # ------------------------------------------------------------------ consumer
     def get(self, k: int) -> Batch:
         """Batch ``k`` (call for k = 0, 1, 2 ... in order, releasing each when done).
 
         Raises:
-            the first exception of any worker, as it was raised.
+            the first exception of any reader, as it was raised.
             PoolStopped: :attr:`stop` was set from outside.
-            RuntimeError: a worker ended without delivering (should not happen).
+            RuntimeError: the readers ended without delivering (should not happen).
         """
-        q = self._queues[k % self.readers]
-        thread = self._threads[k % self.readers]
-        while True:
-            if self.failure:
-                raise self.failure[0]
-            try:
-                batch = q.get(timeout=_POLL_S)
-            except queue.Empty:
-                if self.stop.is_set() and not self.failure:
-                    raise PoolStopped(f"reading stopped before batch {k}") from None
-                if not thread.is_alive() and q.empty():
-                    if self.failure:
-                        raise self.failure[0]
-                    raise RuntimeError(f"{thread.name} thread ended without batch {k}") from None
-                continue
-            assert batch.index == k, (batch.index, k)
-            return batch
+        with self._turn:
+            while k not in self._ready:
+                if self.failure:
+                    raise self.failure[0]
+                if self.stop.is_set():
+                    raise PoolStopped(f"reading stopped before batch {k}")
+                if not any(t.is_alive() for t in self._threads):
+                    raise RuntimeError(f"the reader threads ended without batch {k}")
+                self._turn.wait(_POLL_S)
+            return self._ready.pop(k)
 
     def close(self) -> None:
-        """Stop the workers and wait for them (they notice within ~0.1 s, or after the tile being read)."""
+        """Stop the readers and wait for them (they notice within ~0.1 s, or after the tile being read)."""
         self.stop.set()
         with self._turn:
             self._turn.notify_all()

@@ -4,14 +4,16 @@ Threads joined by bounded queues and a fixed set of reusable batch buffers, so t
 bounded whatever the scene size:
 
 * ``readers`` **reader** threads (:class:`~.readpool.ReaderPool`), each with its own dataset
-  handles (rasterio handles stay in the thread that opened them), read, decode and mask whole
-  batches in parallel, pad edge tiles with nodata and remove the S2 offset; batches reach the
-  compute loop in plan order, so the output is bit-identical for every number of readers;
+  handles (rasterio handles stay in the thread that opened them) and its own column band of the
+  scene, read, decode and mask the tiles of every batch in parallel, pad edge tiles with nodata and
+  remove the S2 offset; batches reach the compute loop in plan order, so the output is
+  bit-identical for every number of readers;
 * the **calling thread** runs the model and blends tile outputs into a :class:`RowBlender`; on
   CUDA a :class:`~.feed.DeviceFeed` copies the next batch to the device while this one computes;
 * a **writer** compresses and writes finished row stripes.
 
-Batch buffers: ``readers + 2`` (one being filled per reader, one queued, one in compute), each
+Batch buffers: 3 with one reader (one being filled, one queued, one in compute), 4 with more
+(one more for readers running ahead of the others), whatever the number of readers; each
 ``B x tile_h x tile_w x (4 x (C_s1 + C_s2) + 2)`` bytes (:func:`~.readpool.batch_buffer_bytes`),
 plus one finished stripe queued for the writer and the one being written.
 
