@@ -74,16 +74,18 @@ def stub_encode(self, inputs, *, dense: bool = False):
     return out
 
 
-def reader_only(sources, plan, batch_size: int, s2_offset: float, readers: int) -> tuple[float, int]:
+def reader_only(sources, plan, batch_size: int, s2_offset: float, readers: int) -> tuple[float, float, int]:
+    """(tiles/s, CPU ms per tile of this process, peak buffers holding a batch)."""
     from s1s2_encoders.geo.readpool import ReaderPool
 
     tiles = plan.tiles(0)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with ReaderPool(sources, plan, tiles, batch_size, s2_offset, readers) as pool:
         for k in range(pool.n_batches):
             pool.get(k).release()
         peak = pool.buffers.peak_in_use
-    return len(tiles) / (time.perf_counter() - start), peak
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return len(tiles) / wall, cpu * 1000 / len(tiles), peak
 
 
 def sha256(path: Path) -> str:
@@ -143,11 +145,13 @@ def main() -> None:
     ns = list(range(1, max_n + 1))
 
     reader_runs: dict[int, list[float]] = {n: [] for n in ns}
+    reader_cpu: dict[int, list[float]] = {n: [] for n in ns}
     peaks: dict[int, int] = {}
     for _ in range(args.repeats):
         for n in ns:
-            rate, peaks[n] = reader_only(scene.sources, plan, args.batch_size, scene.s2_offset, n)
+            rate, cpu_ms, peaks[n] = reader_only(scene.sources, plan, args.batch_size, scene.s2_offset, n)
             reader_runs[n].append(rate)
+            reader_cpu[n].append(cpu_ms)
 
     InferenceEngine.encode_batch = stub_encode  # this process only: the forward pass costs ~0
     write_time = [0.0]
@@ -160,6 +164,7 @@ def main() -> None:
 
     writers.OutputSet.write_rows = timed_write
     e2e_runs: dict[int, list[float]] = {n: [] for n in ns}
+    e2e_cpu: dict[int, list[float]] = {n: [] for n in ns}
     hashes: dict[int, str] = {}
     writer_s_per_tile = math.nan
     for repeat in range(args.repeats):
@@ -167,10 +172,12 @@ def main() -> None:
             out = args.workdir / f"emb_{args.size}_r{n}.tif"
             out.unlink(missing_ok=True)
             write_time[0] = 0.0
+            cpu = time.process_time()
             result = embed_scene(model, inputs, out, stride=args.stride, tile=args.tile, overlap=args.overlap,
                                  batch_size=args.batch_size, device="cpu", dtype="float32", progress=False, readers=n,
                                  compress=args.compress)
             e2e_runs[n].append(result.tiles / result.seconds)
+            e2e_cpu[n].append((time.process_time() - cpu) * 1000 / result.tiles)
             if n == 1 and repeat == 0:
                 writer_s_per_tile = write_time[0] / result.tiles
             hashes[n] = sha256(out)
@@ -205,6 +212,9 @@ def main() -> None:
     per_core = one * min(1.0, efficiency)
     cores_ideal = math.ceil(args.forward_rate / one) + 1
     cores_measured = math.ceil(args.forward_rate / per_core) + 1
+    # CPU time per tile does not depend on how busy the machine is: the load-independent estimate.
+    cpu_ms = {str(n): min(reader_cpu[n]) for n in ns}
+    cores_cpu = math.ceil(args.forward_rate * cpu_ms[str(max_n)] / 1000) + 1
     identical = len(set(hashes.values())) == 1
     report = {
         "cpu": cpu,
@@ -213,6 +223,8 @@ def main() -> None:
         "reader_only": reader_tps,
         "reader_only_all": {str(n): reader_runs[n] for n in ns},
         "reader_speedup": {str(n): reader_tps[str(n)] / one for n in ns},
+        "reader_cpu_ms_per_tile": cpu_ms,
+        "end_to_end_cpu_ms_per_tile": {str(n): min(e2e_cpu[n]) for n in ns},
         "end_to_end": e2e_tps,
         "end_to_end_all": {str(n): e2e_runs[n] for n in ns},
         "peak_buffers": {str(n): peaks[n] for n in ns},
@@ -227,19 +239,24 @@ def main() -> None:
             "parallel_efficiency": efficiency,
             "ideal": cores_ideal,
             "at_measured_efficiency": cores_measured,
+            "from_cpu_time": cores_cpu,
             "note": "estimate: ceil(forward_rate / (one reader's tiles/s x parallel efficiency measured up to "
-                    f"{max_n} readers)) + 1 core for the compute loop; assumes cores like these and linear scaling beyond",
+                    f"{max_n} readers)) + 1 core for the compute loop; from_cpu_time: ceil(forward_rate x reader CPU "
+                    f"seconds per tile with {max_n} readers) + 1, independent of other load; assumes cores like these",
         },
     }
-    print(f"\n{'readers':>7}  {'reader-only tiles/s':>19}  {'x one':>6}  {'end-to-end tiles/s':>18}  {'buffers':>7}")
+    print(f"\n{'readers':>7}  {'reader-only tiles/s':>19}  {'x one':>6}  {'CPU ms/tile':>11}  {'end-to-end tiles/s':>18}  "
+          f"{'CPU ms/tile':>11}  {'buffers':>7}")
     for n in ns:
-        print(f"{n:>7}  {reader_tps[str(n)]:19.1f}  {reader_tps[str(n)] / one:6.2f}  {e2e_tps[str(n)]:18.1f}  {peaks[n]:>7}")
+        print(f"{n:>7}  {reader_tps[str(n)]:19.1f}  {reader_tps[str(n)] / one:6.2f}  {cpu_ms[str(n)]:11.1f}  "
+              f"{e2e_tps[str(n)]:18.1f}  {min(e2e_cpu[n]):11.1f}  {peaks[n]:>7}")
     print(f"\nbest reader count here: {best_n}; outputs identical for every N: {identical}")
     print(f"writer: {writer_s_per_tile * 1000:.2f} ms per tile (one thread: up to {1 / writer_s_per_tile:.0f} tiles/s)"
           if writer_s_per_tile > 0 else "writer: not measured")
     print("writer with GDAL compressing in k threads: " + ", ".join(f"k={k}: {v:.2f} ms/tile" for k, v in writer_ms.items()))
     print(f"to feed {args.forward_rate:g} tiles/s: ~{cores_measured} cores at the measured efficiency "
-          f"({efficiency:.2f}), {cores_ideal} if readers scaled perfectly (estimate)")
+          f"({efficiency:.2f}), {cores_ideal} if readers scaled perfectly, {cores_cpu} from the readers' CPU time "
+          f"per tile (estimates)")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.json}")
