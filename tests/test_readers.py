@@ -268,11 +268,24 @@ def test_column_bands_split_the_scene_evenly():
     assert list(owners.values()) == sorted(owners.values())  # contiguous bands, left to right
 
 
+def test_auto_readers_share_the_node_between_torchrun_processes(monkeypatch):
+    monkeypatch.setattr(feedmod, "available_cores", lambda: 96)
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # 8 GPUs, 12 cores each
+    assert feedmod.cores_per_process() == 12 and feedmod.auto_readers(cuda) == 8 and feedmod.writer_threads(cuda) == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
+    assert feedmod.cores_per_process() == 3 and feedmod.auto_readers(cuda) == 2
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert feedmod.cores_per_process() == 96
+
+
 def test_auto_readers_batch_size_and_gdal_cache():
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
     assert feedmod.auto_readers(cpu, cores=64) == 1
     assert [feedmod.auto_readers(cuda, cores=c) for c in (1, 2, 5, 16, 128)] == [1, 1, 4, 8, 8]
     assert feedmod.resolve_readers(3, cuda) == 3 and feedmod.resolve_readers(None, cpu) == 1
+    assert [feedmod.writer_threads(cuda, cores=c) for c in (2, 8, 16, 64)] == [1, 2, 4, 4]
+    assert feedmod.writer_threads(cpu, cores=64) == 1
     assert feedmod.default_batch_size(cpu) == 8
     assert feedmod.default_batch_size(cuda, 448, memory_bytes=80 * 2**30) == 32
     assert feedmod.default_batch_size(cuda, 224, memory_bytes=80 * 2**30) == 128

@@ -1,9 +1,9 @@
 """Feeding the compute device: how many readers, how large a batch, and host-to-device staging.
 
 * :func:`resolve_readers`: ``readers=None`` ("auto") gives the cores the compute does not need. CPU
-  compute uses every core, so 1 reader; CUDA compute needs one core to drive the GPU, so the
-  cores this process may run on (``os.sched_getaffinity``) minus one, at least 1, at most
-  :data:`MAX_AUTO_READERS`.
+  compute uses every core, so 1 reader; CUDA compute needs one core to drive the GPU, so this
+  process's share of the cores it may run on (``os.sched_getaffinity``, divided by
+  ``LOCAL_WORLD_SIZE`` under torchrun) minus one, at least 1, at most :data:`MAX_AUTO_READERS`.
 * :func:`default_batch_size`: 8 tiles on CPU (more only adds latency); on a CUDA device with at
   least 16 GB, 32 tiles of 448 px (scaled by tile area, 8 .. 128), where dual Swin-T in bfloat16
   is well past the batch size at which the GPU is saturated and far from its memory limit.
@@ -53,12 +53,23 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def cores_per_process() -> int:
+    """This process's share of the cores: the available cores divided by the processes on this
+    node (``LOCAL_WORLD_SIZE`` under torchrun: one process per GPU), at least 1."""
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    return max(1, available_cores() // local)
+
+
 def auto_readers(device: torch.device, cores: int | None = None) -> int:
     """Reader threads for ``readers=None`` on ``device``: 1 on CPU compute (it uses every core),
-    ``cores - 1`` (1 .. :data:`MAX_AUTO_READERS`) on CUDA compute."""
+    ``cores - 1`` (1 .. :data:`MAX_AUTO_READERS`) on CUDA compute, ``cores`` being this process's
+    share (:func:`cores_per_process`)."""
     if device.type != "cuda":
         return 1
-    cores = available_cores() if cores is None else cores
+    cores = cores_per_process() if cores is None else cores
     return max(1, min(MAX_AUTO_READERS, cores - 1))
 
 
@@ -96,7 +107,7 @@ def writer_threads(device: torch.device, cores: int | None = None) -> int:
     with DEFLATE on one core) would otherwise cap the scene at ~40 tiles/s."""
     if device.type != "cuda":
         return 1
-    cores = available_cores() if cores is None else cores
+    cores = cores_per_process() if cores is None else cores
     return max(1, min(4, cores // 4))
 
 
