@@ -107,6 +107,8 @@ def main() -> None:
     parser.add_argument("--forward-rate", type=float, default=1000.0, metavar="TILES_PER_S",
                         help="forward rate to feed, 448 px tiles/s (default 1000: H100-class GPU, dual Swin-T bf16)")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--tiny", action="store_true",
+                        help="tiny tower widths for the stub (smoke tests; default: Swin-T's 1536 output channels)")
     parser.add_argument("--reader-only", action="store_true", help="measure (a) only (no end-to-end runs)")
     parser.add_argument("--compress", default="deflate", choices=("deflate", "zstd", "lzw", "none"),
                         help="output compression of the end-to-end runs (default deflate, as s1s2 embed)")
@@ -141,7 +143,10 @@ def main() -> None:
           f"{plan.n_tiles} tiles of {args.tile} px, overlap {args.overlap}, batch {args.batch_size}")
 
     torch.manual_seed(0)
-    model = load_backbone(ModelConfig(architecture="swin-t", normalization=fixed_clip_scale(), name="swin-t stub"))
+    from scene_memory import TINY
+
+    model = load_backbone(ModelConfig(architecture="swin-t", normalization=fixed_clip_scale(), name="swin-t stub",
+                                      tower_kwargs=TINY if args.tiny else {}))
     scene = open_scene(inputs, ("s1", "s2"), model.config.s1_bands, model.config.s2_bands)
     ns = list(range(1, max_n + 1))
 
@@ -173,12 +178,12 @@ def main() -> None:
             out = args.workdir / f"emb_{args.size}_r{n}.tif"
             out.unlink(missing_ok=True)
             write_time[0] = 0.0
-            cpu = time.process_time()
+            cpu_start = time.process_time()
             result = embed_scene(model, inputs, out, stride=args.stride, tile=args.tile, overlap=args.overlap,
                                  batch_size=args.batch_size, device="cpu", dtype="float32", progress=False, readers=n,
                                  compress=args.compress)
             e2e_runs[n].append(result.tiles / result.seconds)
-            e2e_cpu[n].append((time.process_time() - cpu) * 1000 / result.tiles)
+            e2e_cpu[n].append((time.process_time() - cpu_start) * 1000 / result.tiles)
             if n == 1 and repeat == 0:
                 writer_s_per_tile = write_time[0] / result.tiles
             hashes[n] = sha256(out)
@@ -232,6 +237,7 @@ def main() -> None:
         "writer_s_per_tile": writer_s_per_tile,
         "writer_ms_per_tile_by_gdal_threads": writer_ms,
         "compress": args.compress,
+        "output_channels": sum(model.pyramid_channels[m][(4, 8, 16, 32).index(args.stride)] for m in ("s1", "s2")),
         "outputs_identical": identical,
         "output_sha256": {str(n): h for n, h in hashes.items()},
         "cores_to_feed": {

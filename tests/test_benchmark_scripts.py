@@ -84,7 +84,7 @@ def test_scene_memory_benchmark_reports_memory_and_the_throughput_ratio(tmp_path
 def test_scene_pipeline_benchmark_reports_readers_end_to_end_and_cores(tmp_path):
     out = tmp_path / "pipeline.json"
     done = run("scene_pipeline.py", "--size", "320", "--tile", "128", "--overlap", "32", "--batch-size", "2",
-               "--max-readers", "2", "--repeats", "1", "--forward-rate", "500", "--workdir", str(tmp_path),
+               "--max-readers", "2", "--repeats", "1", "--forward-rate", "500", "--tiny", "--workdir", str(tmp_path),
                "--json", str(out))
     report = json.loads(out.read_text())
     assert {"cpu", "reader_only", "end_to_end", "cores_to_feed", "outputs_identical", "writer_s_per_tile"} <= set(report)
@@ -92,7 +92,8 @@ def test_scene_pipeline_benchmark_reports_readers_end_to_end_and_cores(tmp_path)
     assert all(v > 0 for v in [*report["reader_only"].values(), *report["end_to_end"].values()])
     assert report["cpu"]["class"] in ("avx512_bf16", "no avx512_bf16") and report["cpu"]["cores"] >= 1
     assert report["outputs_identical"] and len(set(report["output_sha256"].values())) == 1
-    assert report["scene"]["tiles"] == 16  # 4 x 4 tiles of 128 px (96 px steps) on 320 px
+    assert report["scene"]["tiles"] == 9  # 3 x 3 tiles of 128 px (96 px steps) on 320 px
+    assert report["output_channels"] == 2 * 128  # tiny Swin: 16 x 8 channels per tower at stride 32
     assert all(report["peak_buffers"][n] <= int(n) + 2 for n in ("1", "2"))
     feed = report["cores_to_feed"]
     assert feed["forward_rate"] == 500 and feed["ideal"] == math.ceil(500 / report["reader_only"]["1"]) + 1
