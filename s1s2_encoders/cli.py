@@ -439,8 +439,9 @@ def _limit_gdal_cache(readers: int | None = None) -> None:
     # The cache is one for the process but blocks are cached per dataset handle, and every reader
     # thread has its own handles: 64 MiB per reader (at least 128, at most 1024) keeps a strip of
     # 512-row blocks of a 4096 px wide 13-band scene per reader.
-    from .geo.feed import gdal_cache_mib
+    from .geo.feed import check_readers, gdal_cache_mib
 
+    check_readers(readers)  # before any scene: a bad --readers fails once, not once per scene
     os.environ.setdefault("GDAL_CACHEMAX", str(gdal_cache_mib(readers)))
 
 
