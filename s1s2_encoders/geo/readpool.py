@@ -10,7 +10,7 @@ whatever runs the model. A :class:`ReaderPool` spreads the reading over ``N`` th
   each reader on its own GeoTIFF blocks: neighbouring tiles (left/right and the next tile row)
   share blocks, and GDAL caches blocks per dataset handle, so handing whole batches to readers in
   turn made every reader decode most blocks again (measured: 2x the decoding CPU per tile with 2
-  readers; with bands, 1.1-1.4x, the blocks at band edges);
+  readers; with bands, 1.1-1.4x: the blocks at band edges);
 * batch ``k`` (tiles ``k*B .. k*B+B-1`` in the plan's row-major order, as with one reader) lives in
   buffer ``k % W``; the last reader to finish its part of batch ``k`` marks it ready, and the
   consumer takes batches in order ``0, 1, 2 ...``, so the output is bit-identical for every ``N``;
