@@ -298,3 +298,46 @@ def test_auto_readers_batch_size_and_gdal_cache():
     if not torch.cuda.is_available():
         feed = feedmod.DeviceFeed(cuda)
         assert not feed.pin and not feed.staging and feed.stream is None
+
+
+def test_staged_batches_select_their_non_empty_tiles_on_the_device():
+    """Batch.modality on staged tensors (the CUDA path's inputs) equals the host path, empty tiles left out."""
+    from s1s2_encoders.geo.readpool import Batch
+
+    rng = np.random.default_rng(0)
+    data = {"s1": rng.random((3, 2, 8, 8), dtype=np.float32), "s2": rng.random((3, 13, 8, 8), dtype=np.float32)}
+    valid = {"s1": np.ones((3, 8, 8), bool), "s2": np.ones((3, 8, 8), bool)}
+    valid["s1"][1] = False  # tile 1: no data at all -> empty
+    valid["s2"][1] = False
+    valid["s2"][2, :2] = False  # tile 2: partly valid S2
+    empty = np.array([False, True, False])
+    full = {"s1": True, "s2": False}
+    host = Batch([], data, valid, empty, full=full)
+    staged = Batch([], data, valid, empty, full=full)
+    feedmod.DeviceFeed(torch.device("cpu"), stage=True).stage(staged)
+    for m, present in (("s1", None), ("s2", (0, 1, 2))):
+        a, b = host.modality(m, present), staged.modality(m, present)
+        assert a.data.shape[0] == 2 and torch.equal(a.data, b.data) and a.present == b.present == present
+        assert (a.valid is None) == (b.valid is None) == full[m]
+        if a.valid is not None:
+            assert a.valid.shape == (2, 1, 8, 8) and torch.equal(a.valid, b.valid)
+    assert staged.staged["s2"][0].data_ptr() != torch.from_numpy(data["s2"]).data_ptr()  # a copy, not a view
+
+
+def test_a_writer_failure_is_the_error_raised_and_stops_the_readers(tmp_path, backbone, monkeypatch):
+    from s1s2_encoders.geo.writers import GeoTiffSink
+
+    s1, s2 = synthetic_scene(416, 96, seed=7)  # tall: stripes are written before the readers are done
+    inputs = SceneInputs(s1=[write_raster(tmp_path / "s1.tif", s1)], s2=[write_raster(tmp_path / "s2.tif", s2)],
+                         s2_offset=0)
+
+    def full_disk(self, row0, values):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(GeoTiffSink, "write_rows", full_disk)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    with pytest.raises(OSError, match="No space left on device"):
+        embed_scene(backbone, inputs, out_dir / "emb.tif", tile=64, overlap=32, stride=8, batch_size=2,
+                    progress=False, readers=2)
+    assert files_in(out_dir) == [] and live_reader_threads() == []
