@@ -57,8 +57,6 @@ def cpu_info(cores: int) -> dict:
 
 def stub_encode(self, inputs, *, dense: bool = False):
     """A near-free ``InferenceEngine.encode_batch``: outputs shaped like the model's, from the inputs."""
-    import torch
-
     from s1s2_encoders.models.towers import PYRAMID_STRIDES, TowerOutput
 
     out = {}
