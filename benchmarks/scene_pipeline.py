@@ -26,7 +26,8 @@ Each N is timed --repeats times in round robin (N = 1, 2, ..., 1, 2, ...) and th
 compressing the output blocks in 1 and in all available threads (``GDAL_NUM_THREADS``, what
 :func:`~s1s2_encoders.geo.feed.writer_env` sets with CUDA compute).
 
-All in one process: GDAL's block cache is set once for it, to the size the CLI gives the largest N.
+All in one process: GDAL's block cache is set once for it, to the size the CLI gives the largest N
+(``GDAL_CACHEMAX`` in the environment wins).
 """
 
 from __future__ import annotations

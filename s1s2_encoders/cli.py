@@ -434,11 +434,10 @@ def _scene_inputs(args: argparse.Namespace, job):  # -> geo.SceneInputs
 
 
 def _limit_gdal_cache(readers: int | None = None) -> None:
-    # GDAL sizes its block cache once, from this variable, the first time it needs it; a modest
-    # cache keeps memory independent of the scene size (tiles are read in order, little is reused).
-    # The cache is one for the process but blocks are cached per dataset handle, and every reader
-    # thread has its own handles: 64 MiB per reader (at least 128, at most 1024) keeps a strip of
-    # 512-row blocks of a 4096 px wide 13-band scene per reader.
+    # GDAL sizes its block cache once, from this variable, the first time it needs it. A fixed cache
+    # keeps memory independent of the scene's size; it must hold the block strips across the
+    # scene's width that the next tile row reads again (see geo.feed.gdal_cache_mib: 512 MiB, more
+    # with more readers).
     from .geo.feed import check_readers, gdal_cache_mib
 
     check_readers(readers)  # before any scene: a bad --readers fails once, not once per scene

@@ -291,7 +291,7 @@ def test_auto_readers_batch_size_and_gdal_cache():
     assert feedmod.default_batch_size(cuda, 224, memory_bytes=80 * 2**30) == 128
     assert feedmod.default_batch_size(cuda, 896, memory_bytes=80 * 2**30) == 8
     assert feedmod.default_batch_size(cuda, 448, memory_bytes=8 * 2**30) == 8
-    assert [feedmod.gdal_cache_mib(n) for n in (1, 2, 4, 8, 64)] == [128, 128, 256, 512, 1024]
+    assert [feedmod.gdal_cache_mib(n) for n in (1, 2, 4, 8, 64)] == [512, 576, 704, 960, 1024]
     with pytest.raises(OptionError, match="batch_size must be a positive integer, got 0"):
         feedmod.check_batch_size(0)
     # Without CUDA nothing is pinned or staged on a CUDA device request (the feed just does nothing).

@@ -80,12 +80,19 @@ def resolve_readers(readers: int | None, device: torch.device) -> int:
 
 
 def gdal_cache_mib(readers: int | None) -> int:
-    """GDAL block cache for ``readers`` reader threads (``None``: the auto count on CUDA when CUDA is
-    available, else 1): 64 MiB per reader, 128 .. 1024 MiB. Blocks are cached per dataset handle
-    and every reader has its own handles."""
+    """GDAL block cache (MiB) for ``readers`` reader threads (``None``: the auto count on CUDA when
+    CUDA is available, else 1): 512, plus 64 per reader beyond the first, at most 1024.
+
+    Tile rows overlap, so the next tile row re-reads the blocks of the last one: the cache must hold
+    the strips of blocks across the scene's width that a tile row touches, two 512-row block strips
+    of a 10980 px wide pair (13 x uint16 + 2 x float32: 382 MiB). With 128 MiB every tile row
+    decoded them again (measured on a 10980 x 10980 pair: 17.1 ms of CPU per tile against 8.7 ms
+    with 512 MiB, 58 vs 116 tiles/s with one reader). Readers share those strips (each reads its
+    column band; blocks are cached per file handle), so more readers only add the blocks at band
+    edges."""
     if readers is None:
         readers = auto_readers(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    return int(max(128, min(1024, 64 * readers)))
+    return int(min(1024, 512 + 64 * (readers - 1)))
 
 
 def default_batch_size(device: torch.device, tile: int = 448, memory_bytes: int | None = None) -> int:
