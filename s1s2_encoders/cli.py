@@ -410,7 +410,9 @@ def _add_scene_options(p: argparse.ArgumentParser) -> None:
     run = p.add_argument_group("tiling and inference")
     run.add_argument("--tile", type=int, default=None, help="tile size in pixels: a multiple of 32 for dense maps (default 448); with --pooled / classification models, the cell size (default: the model's training crop size)")
     run.add_argument("--overlap", type=int, default=64, help="overlap between tiles in pixels, a multiple of 32, blended with smooth weights (default 64)")
-    run.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass (default 8)")
+    run.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass (default 8 on CPU; 32 at 448 px on a GPU with >= 16 GB)")
+    run.add_argument("--readers", type=int, default=None, metavar="N",
+                     help="reader threads that read, decode and mask tiles in parallel; the output is the same for every N (default: 1 on CPU, the cores minus one, at most 8, on a GPU)")
     run.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK under torchrun with GPUs, else cuda if available, else cpu)")
     run.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"), help="compute precision: auto (default) = bfloat16 where the CPU/GPU runs it natively (agrees with float32 to cosine >= 0.999), else float32; float32 is the reference")
     run.add_argument("--compress", default="deflate", choices=("deflate", "zstd", "lzw", "none"), help="GeoTIFF compression (default deflate)")
@@ -435,10 +437,15 @@ def _scene_inputs(args: argparse.Namespace, job):  # -> geo.SceneInputs
     )
 
 
-def _limit_gdal_cache() -> None:
-    # GDAL sizes its block cache once, from this variable, the first time it needs it; a modest
-    # cache keeps memory independent of the scene size (tiles are read in order, little is reused).
-    os.environ.setdefault("GDAL_CACHEMAX", "128")
+def _limit_gdal_cache(readers: int | None = None) -> None:
+    # GDAL sizes its block cache once, from this variable, the first time it needs it. A fixed cache
+    # keeps memory independent of the scene's size; it must hold the block strips across the
+    # scene's width that the next tile row reads again (see geo.feed.gdal_cache_mib: 512 MiB, more
+    # with more readers).
+    from .geo.feed import check_readers, gdal_cache_mib
+
+    check_readers(readers)  # before any scene: a bad --readers fails once, not once per scene
+    os.environ.setdefault("GDAL_CACHEMAX", str(gdal_cache_mib(readers)))
 
 
 @contextlib.contextmanager
@@ -527,7 +534,7 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_embed(args: argparse.Namespace) -> int:
-    _limit_gdal_cache()
+    _limit_gdal_cache(args.readers)
     from .geo.embed import embed_scene
     from .geo.runner import is_multi_scene
     from .geo.writers import is_complete_geotiff, is_own_output, npy_sidecar_path, refuse_foreign_outputs
@@ -564,7 +571,7 @@ def _run_embed(args: argparse.Namespace) -> int:
             pooled=args.pooled, tile=tile, overlap=args.overlap, batch_size=args.batch_size, device=device,
             dtype=args.dtype, fmt=args.fmt, compress=args.compress, overwrite=args.overwrite or multi, resume=args.resume,
             check_units=args.check_units, progress=not args.quiet, label=label, extra_tags=_writer_tags(),
-            checkpoint_every=args.checkpoint_every, cog=args.cog, quantize=args.quantize, stac=args.stac,
+            checkpoint_every=args.checkpoint_every, cog=args.cog, quantize=args.quantize, stac=args.stac, readers=args.readers,
         )
 
     def is_complete(job) -> bool:
@@ -610,7 +617,7 @@ def _side_output(value, output: Path, suffix: str, multi: bool) -> Path | None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    _limit_gdal_cache()
+    _limit_gdal_cache(args.readers)
 
     from .geo.predict import predict_scene
     from .geo.runner import is_multi_scene
@@ -642,6 +649,7 @@ def _run_predict(args: argparse.Namespace) -> int:
             overlap=args.overlap, batch_size=args.batch_size, device=device, dtype=args.dtype, compress=args.compress,
             overwrite=args.overwrite or multi, resume=args.resume, check_units=args.check_units, progress=not args.quiet,
             label=label, extra_tags=_writer_tags(), checkpoint_every=args.checkpoint_every, stac=args.stac, cog=args.cog,
+            readers=args.readers,
         )
 
     def is_complete(job) -> bool:

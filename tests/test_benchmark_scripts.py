@@ -98,3 +98,22 @@ def test_output_formats_benchmark_reports_cog_cost_and_int8_agreement(tmp_path):
     assert int8["cosine_min"] >= 0.995 and int8["max_abs_error"] <= int8["error_bound"] + 1e-5
     assert int8["pixel_data_ratio"] > 2 and int8["size_ratio"] > 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["formats.json"]  # the work folder is cleaned up
+def test_scene_pipeline_benchmark_reports_readers_end_to_end_and_cores(tmp_path):
+    out = tmp_path / "pipeline.json"
+    done = run("scene_pipeline.py", "--size", "320", "--tile", "128", "--overlap", "32", "--batch-size", "2",
+               "--max-readers", "2", "--repeats", "1", "--forward-rate", "500", "--tiny", "--workdir", str(tmp_path),
+               "--json", str(out))
+    report = json.loads(out.read_text())
+    assert {"cpu", "reader_only", "end_to_end", "cores_to_feed", "outputs_identical", "writer_s_per_tile"} <= set(report)
+    assert set(report["reader_only"]) == set(report["end_to_end"]) == {"1", "2"}
+    assert all(v > 0 for v in [*report["reader_only"].values(), *report["end_to_end"].values()])
+    assert report["cpu"]["class"] in ("avx512_bf16", "no avx512_bf16") and report["cpu"]["cores"] >= 1
+    assert report["outputs_identical"] and len(set(report["output_sha256"].values())) == 1
+    assert report["scene"]["tiles"] == 9  # 3 x 3 tiles of 128 px (96 px steps) on 320 px
+    assert report["output_channels"] == 2 * 128  # tiny Swin: 16 x 8 channels per tower at stride 32
+    assert all(report["peak_buffers"][n] <= int(n) + 2 for n in ("1", "2"))
+    feed = report["cores_to_feed"]
+    assert feed["forward_rate"] == 500 and feed["ideal"] == math.ceil(500 / report["reader_only"]["1"]) + 1
+    assert feed["at_measured_efficiency"] >= feed["ideal"] and "estimate" in feed["note"]
+    assert done.stdout.startswith(f"# CPU class: {report['cpu']['class']}")
+    assert "cores at the measured efficiency" in done.stdout

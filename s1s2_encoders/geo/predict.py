@@ -25,11 +25,11 @@ from .. import __version__
 from .._warnings import warn_user
 from ..errors import ConfigError, OptionError
 from ..models.backbone import MODALITIES
-from ..models.engine import ModalityBatch
 from . import stac_item
 from .cog import Overviews
 from .embed import SceneResult, compute_record, model_info, source_files, stac_path_for, warn_if_seams
 from .progress import Progress
+from .feed import check_batch_size, check_readers, default_batch_size, resolve_readers, writer_env
 from .scene import SceneInputs, check_first_batch, model_fingerprint, open_scene
 from .stream import Batch, stream_scene
 from .tiling import TilePlan
@@ -71,7 +71,7 @@ def predict_scene(
     preview: str | Path | None = None,
     tile: int | None = None,
     overlap: int = 64,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype = "auto",
     compress: str = "deflate",
@@ -84,6 +84,7 @@ def predict_scene(
     extra_tags: dict[str, str] | None = None,
     stac: bool = True,
     cog: bool = True,
+    readers: int | None = None,
 ) -> SceneResult:
     """Map a whole scene with a fine-tuned task model, streaming.
 
@@ -106,6 +107,7 @@ def predict_scene(
         cog: write the map and probabilities as Cloud-Optimized GeoTIFFs with overviews (the map's
             overviews take the most frequent class, the probabilities' the mean); False keeps the plain
             tiled files.
+        readers: reader threads, as for :func:`~s1s2_encoders.geo.embed_scene` (``None``: auto).
 
     Raises:
         ConfigError: the model is not a task model, or has more than 255 classes.
@@ -125,8 +127,8 @@ def predict_scene(
         raise ConfigError(f"a uint8 class map holds at most {NODATA_CLASS} classes (255 is nodata); the model has {len(names)}")
     if compress not in COMPRESSIONS:
         raise OptionError(f"compress must be one of {', '.join(COMPRESSIONS)}, got {compress!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise OptionError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_batch_size(batch_size)
+    check_readers(readers)
     output = Path(output)
     extra = [Path(p) for p in (probabilities, preview) if p is not None]
     for path in [output, *extra]:
@@ -152,6 +154,7 @@ def predict_scene(
             )
     warn_if_seams(model, plan)
     engine = model.inference_engine(dtype, device)
+    batch_size = batch_size or default_batch_size(engine.compute.device, plan.tile_h)
     out_grid = grid.scaled(plan.cell)
     tags = {
         "S1S2_VERSION": __version__,
@@ -192,24 +195,20 @@ def predict_scene(
         first = plan.first_row_touching(start_row) if start_row else 0
         bar = Progress(len(plan.tiles(first)), label or output.name, enabled=bool(progress))
     def infer(batch: Batch) -> np.ndarray:
-        keep = ~batch.empty
-        everything = bool(keep.all())
-        inputs = {
-            m: ModalityBatch.from_numpy(batch.data[m] if everything else batch.data[m][keep],
-                                        batch.valid[m] if everything else batch.valid[m][keep],
-                                        scene.sources[m].present)
-            for m in modalities
-        }
+        # Views of the readers' arrays on CPU, the tensors already copied to the device on CUDA.
+        inputs = {m: batch.modality(m, scene.sources[m].present) for m in modalities}
         probs = engine.predict_batch(inputs).cpu().numpy()
         return probs[:, :, None, None] if probs.ndim == 2 else probs
 
     try:
-        outputs.open(start_row)
+        with writer_env(engine.compute.device):  # GDAL compression threads on CUDA
+            outputs.open(start_row)
         tiles = 0
         if start_row < out_grid.height:
             tiles = stream_scene(
                 plan=plan, sources=scene.sources, infer=infer, channels=len(names), groups=None, outputs=outputs,
                 batch_size=batch_size, s2_offset=scene.s2_offset, start_row=start_row, progress=bar,
+                readers=resolve_readers(readers, engine.compute.device), device=engine.compute.device,
                 on_first_batch=lambda b: check_first_batch(scene, b.data, b.valid, check_units),
             )
         outputs.commit()

@@ -1,13 +1,21 @@
 """The streaming loop: windowed read -> batch -> infer -> blend -> windowed write.
 
-Three threads, joined by bounded queues and a fixed set of reusable batch buffers, so that at most
-three batches and two finished stripes exist at once whatever the scene size:
+Threads joined by bounded queues and a fixed set of reusable batch buffers, so that memory is
+bounded whatever the scene size:
 
-* a **reader** opens the input files (rasterio handles stay in the thread that opened them),
-  reads tile windows straight into a batch buffer, pads edge tiles with nodata and removes the
-  S2 offset;
-* the **calling thread** runs the model and blends tile outputs into a :class:`RowBlender`;
+* ``readers`` **reader** threads (:class:`~.readpool.ReaderPool`), each with its own dataset
+  handles (rasterio handles stay in the thread that opened them) and its own column band of the
+  scene, read, decode and mask the tiles of every batch in parallel, pad edge tiles with nodata and
+  remove the S2 offset; batches reach the compute loop in plan order, so the output is
+  bit-identical for every number of readers;
+* the **calling thread** runs the model and blends tile outputs into a :class:`RowBlender`; on
+  CUDA a :class:`~.feed.DeviceFeed` copies the next batch to the device while this one computes;
 * a **writer** compresses and writes finished row stripes.
+
+Batch buffers: 3 with one reader (one being filled, one queued, one in compute), 4 with more
+(one more for readers running ahead of the others), whatever the number of readers; each
+``B x tile_h x tile_w x (4 x (C_s1 + C_s2) + 2)`` bytes (:func:`~.readpool.batch_buffer_bytes`),
+plus one finished stripe queued for the writer and the one being written.
 
 GDAL and PyTorch release the GIL while they work, so reading and writing overlap with compute.
 """
@@ -16,44 +24,22 @@ from __future__ import annotations
 
 import queue
 import threading
-from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
-from rasterio.windows import Window
+import torch
 
 from .blend import RowBlender
+from .feed import DeviceFeed
 from .progress import Progress
+from .readpool import Batch, BatchBuffers, PoolStopped, ReaderPool, read_tile
 from .sources import ModalitySource
-from .tiling import Tile, TilePlan
+from .tiling import TilePlan
 from .writers import OutputSet
 
+__all__ = ["Batch", "BatchBuffers", "ReaderPool", "read_tile", "stream_scene"]
+
 _DONE = object()
-
-
-@dataclass
-class Batch:
-    """Tiles read together.
-
-    Attributes:
-        tiles: the tiles, in order.
-        data: per modality ``(B, C, tile_h, tile_w)`` float32 raw values (S1 dB, S2 DN with the
-            offset removed), 0 where invalid.
-        valid: per modality ``(B, tile_h, tile_w)`` bool.
-        empty: per tile, True when no modality has a single valid pixel (not worth a forward pass).
-        release: hands the arrays back to the reader for reuse (call when done with them).
-    """
-
-    tiles: list[Tile]
-    data: dict[str, np.ndarray]
-    valid: dict[str, np.ndarray]
-    empty: np.ndarray
-    release: Callable[[], None] = lambda: None
-
-
-class _Failure:
-    def __init__(self, exc: BaseException):
-        self.exc = exc
 
 
 def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
@@ -64,81 +50,6 @@ def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
         except queue.Full:
             continue
     return False
-
-
-def _get(q: queue.Queue, thread: threading.Thread):
-    while True:
-        try:
-            return q.get(timeout=0.1)
-        except queue.Empty:
-            if not thread.is_alive() and q.empty():
-                raise RuntimeError(f"{thread.name} thread ended without a result") from None
-
-
-def read_tile(readers: dict, plan: TilePlan, tile: Tile, s2_offset: float, data: dict[str, np.ndarray],
-              valid: dict[str, np.ndarray], slot: int) -> None:
-    """Read one tile of every modality into ``data[m][slot]`` / ``valid[m][slot]`` (tile-sized);
-    the part past the scene's edge is zero and invalid."""
-    h = min(plan.tile_h, plan.height - tile.y)
-    w = min(plan.tile_w, plan.width - tile.x)
-    window = Window(tile.x, tile.y, w, h)
-    for modality, reader in readers.items():
-        if (h, w) != (plan.tile_h, plan.tile_w):
-            data[modality][slot] = 0.0
-            valid[modality][slot] = False
-        values, ok = reader.read(window, out=data[modality][slot, :, :h, :w], valid=valid[modality][slot, :h, :w])
-        if modality == "s2" and s2_offset:
-            values -= np.float32(s2_offset)
-            np.copyto(values, np.float32(0), where=~ok[None])
-
-
-class BatchBuffers:
-    """A fixed set of batch arrays that the reader fills and the caller hands back when done.
-
-    Reusing them keeps memory flat (no allocator churn tile after tile) and bounds it: at most
-    ``count`` batches exist at any time, whatever the scene size.
-    """
-
-    def __init__(self, sources: dict[str, ModalitySource], plan: TilePlan, batch_size: int, count: int):
-        self.free: queue.Queue = queue.Queue()
-        for _ in range(count):
-            data = {m: np.zeros((batch_size, src.n_channels, plan.tile_h, plan.tile_w), np.float32)
-                    for m, src in sources.items()}
-            valid = {m: np.zeros((batch_size, plan.tile_h, plan.tile_w), bool) for m in sources}
-            self.free.put((data, valid))
-
-    def take(self, stop: threading.Event):
-        while not stop.is_set():
-            try:
-                return self.free.get(timeout=0.1)
-            except queue.Empty:
-                continue
-        return None
-
-
-def _reader_main(sources, plan, tiles, batch_size, s2_offset, out_q, stop, buffers: BatchBuffers):
-    import contextlib
-
-    try:
-        with contextlib.ExitStack() as stack:
-            readers = {m: stack.enter_context(src.reader()) for m, src in sources.items()}
-            for start in range(0, len(tiles), batch_size):
-                chunk = tiles[start: start + batch_size]
-                n = len(chunk)
-                taken = buffers.take(stop)
-                if taken is None:
-                    return
-                data = {m: array[:n] for m, array in taken[0].items()}
-                valid = {m: array[:n] for m, array in taken[1].items()}
-                for slot, tile in enumerate(chunk):
-                    read_tile(readers, plan, tile, s2_offset, data, valid, slot)
-                empty = ~np.any([valid[m].reshape(n, -1).any(axis=1) for m in sources], axis=0)
-                batch = Batch(chunk, data, valid, empty, release=lambda t=taken: buffers.free.put(t))
-                if not _put(out_q, batch, stop):
-                    return
-        _put(out_q, _DONE, stop)
-    except BaseException as exc:  # handed to the calling thread, which raises it
-        _put(out_q, _Failure(exc), stop)
 
 
 def _writer_main(outputs: OutputSet, in_q: queue.Queue, stop: threading.Event, failure: list):
@@ -158,6 +69,24 @@ def _writer_main(outputs: OutputSet, in_q: queue.Queue, stop: threading.Event, f
         stop.set()
 
 
+def _in_order(pool: ReaderPool, feed: DeviceFeed | None) -> Iterator[Batch]:
+    """The pool's batches in plan order; with a staging feed, batch ``k + 1``'s copy to the device
+    is started before batch ``k`` is handed out (so it overlaps ``k``'s compute)."""
+    if feed is None or not feed.staging:
+        for k in range(pool.n_batches):
+            yield pool.get(k)
+        return
+    pending: Batch | None = None
+    for k in range(pool.n_batches):
+        batch = pool.get(k)
+        feed.stage(batch)
+        if pending is not None:
+            yield pending
+        pending = batch
+    if pending is not None:
+        yield pending
+
+
 def stream_scene(
     *,
     plan: TilePlan,
@@ -172,6 +101,10 @@ def stream_scene(
     progress: Progress | None = None,
     on_first_batch: Callable[[Batch], None] | None = None,
     queue_batches: int = 1,
+    readers: int = 1,
+    device: torch.device | str | None = None,
+    feed: DeviceFeed | None = None,
+    on_pool: Callable[[ReaderPool], None] | None = None,
 ) -> int:
     """Run the whole scene through ``infer`` and write it through ``outputs``.
 
@@ -179,7 +112,8 @@ def stream_scene(
         plan: the tiling.
         sources: open-able readers per modality, all on the scene grid.
         infer: a batch -> ``(n, C, rows, cols)`` float32 outputs for the non-empty tiles of the
-            batch, in order (NaN where a tile had no valid data).
+            batch, in order (NaN where a tile had no valid data); :meth:`Batch.modality` gives
+            the engine inputs (the staged device tensors on CUDA).
         channels / groups: output channels and their nodata groups (see :class:`RowBlender`).
         outputs: where finished rows go (already open).
         batch_size: tiles per forward pass.
@@ -188,6 +122,11 @@ def stream_scene(
         progress: progress line, updated per batch.
         on_first_batch: called with the first batch that holds data, before any inference
             (input checks that need values).
+        queue_batches: finished batches that may wait for the compute loop.
+        readers: reader threads (a resolved count: see :func:`~.feed.resolve_readers`).
+        device: the compute device: on CUDA, batches are pinned and staged ahead of use
+            (:class:`~.feed.DeviceFeed`); ``feed`` overrides it.
+        on_pool: called with the reader pool once it exists (tests and benchmarks count buffers).
 
     Returns:
         The number of tiles processed.
@@ -198,35 +137,30 @@ def stream_scene(
     for tile in tiles:
         last_in_row[tile.row] = tile
     blender = RowBlender(plan, channels, groups, start_row=start_row)
-    stop = threading.Event()
-    batches: queue.Queue = queue.Queue(maxsize=queue_batches)
+    if feed is None and device is not None:
+        feed = DeviceFeed(torch.device(device))
+    pool = ReaderPool(sources, plan, tiles, batch_size, s2_offset, readers, queued=queue_batches,
+                      pin=feed is not None and feed.pin)
+    if on_pool is not None:
+        on_pool(pool)
+    stop = pool.stop  # one flag stops readers and writer alike
     stripes: queue.Queue = queue.Queue(maxsize=1)
-    # One batch being filled, queue_batches waiting, one being inferred.
-    buffers = BatchBuffers(sources, plan, min(batch_size, len(tiles)) or 1, queue_batches + 2)
     writer_failure: list[BaseException] = []
-    reader = threading.Thread(
-        target=_reader_main, args=(sources, plan, tiles, batch_size, s2_offset, batches, stop, buffers),
-        name="s1s2-reader", daemon=True,
-    )
     writer = threading.Thread(target=_writer_main, args=(outputs, stripes, stop, writer_failure),
                               name="s1s2-writer", daemon=True)
-    reader.start()
+    pool.start()
     writer.start()
     checked = on_first_batch is None
     done = 0
     try:
-        while True:
-            item = _get(batches, reader)
-            if item is _DONE:
-                break
-            if isinstance(item, _Failure):
-                raise item.exc
+        for batch in _in_order(pool, feed):
             if writer_failure:
                 raise writer_failure[0]
-            batch: Batch = item
             if not checked and not batch.empty.all():
                 on_first_batch(batch)
                 checked = True
+            if feed is not None:
+                feed.ready(batch)  # staged: the compute stream waits for the copy; host buffer back
             results = infer(batch) if not batch.empty.all() else None
             batch.release()
             k = 0
@@ -238,6 +172,8 @@ def stream_scene(
                     stripe = blender.pop(plan.row_end_cell(tile.row))
                     if stripe is not None and not _put(stripes, stripe, stop):
                         break
+            if writer_failure:
+                raise writer_failure[0]
             done += len(batch.tiles)
             if progress is not None:
                 progress.update(len(batch.tiles))
@@ -248,9 +184,13 @@ def stream_scene(
         writer.join()
         if writer_failure:
             raise writer_failure[0]
+    except PoolStopped:
+        if writer_failure:  # the writer stopped the readers: its error is the one to report
+            raise writer_failure[0] from None
+        raise
     finally:
         stop.set()
-        reader.join()
+        pool.close()
         writer.join()
         if progress is not None:
             progress.close()
