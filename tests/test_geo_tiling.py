@@ -138,11 +138,12 @@ def test_readme_whole_scenes_section_names_only_real_options():
 
     readme = (REPO / "README.md").read_text()
     section = readme.split("## Whole scenes", 1)[1].split("\n## ", 1)[0]
-    mentioned = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9_-]*", section)) - {"--nproc_per_node"}
+    torchrun = {"--nproc_per_node", "--nnodes", "--rdzv_backend", "--rdzv_endpoint"}
+    mentioned = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9_-]*", section)) - torchrun
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     known = {opt for name in ("embed", "predict") for action in sub.choices[name]._actions for opt in action.option_strings}
-    benchmarks = [(REPO / "benchmarks" / name).read_text() for name in ("scene_memory.py", "output_formats.py")]
+    benchmarks = [(REPO / "benchmarks" / name).read_text() for name in ("scene_memory.py", "output_formats.py", "scene_pipeline.py")]
     known |= {opt for opt in mentioned if any(f'"{opt}"' in text for text in benchmarks)}  # the benchmarks' own options
     assert mentioned and mentioned <= known, sorted(mentioned - known)
     assert {"--align", "--s2-offset", "--resume", "--preview", "--probabilities", "--stride"} <= mentioned
