@@ -111,6 +111,9 @@ def main() -> None:
     parser.add_argument("--reader-only", action="store_true", help="measure (a) only (no end-to-end runs)")
     parser.add_argument("--compress", default="deflate", choices=("deflate", "zstd", "lzw", "none"),
                         help="output compression of the end-to-end runs (default deflate, as s1s2 embed)")
+    parser.add_argument("--cog", action="store_true",
+                        help="end-to-end runs also lay the output out as a COG (s1s2 embed's default; off here so that "
+                        "(b) measures the streaming pipeline: the layout is a step after it, see benchmarks/output_formats.py)")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "s1s2-scene-pipeline")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH")
     args = parser.parse_args()
@@ -180,7 +183,7 @@ def main() -> None:
             cpu_start = time.process_time()
             result = embed_scene(model, inputs, out, stride=args.stride, tile=args.tile, overlap=args.overlap,
                                  batch_size=args.batch_size, device="cpu", dtype="float32", progress=False, readers=n,
-                                 compress=args.compress)
+                                 compress=args.compress, cog=args.cog, stac=False)
             e2e_runs[n].append(result.tiles / result.seconds)
             e2e_cpu[n].append((time.process_time() - cpu_start) * 1000 / result.tiles)
             if n == 1 and repeat == 0:
@@ -204,7 +207,7 @@ def main() -> None:
             write_time[0] = 0.0
             result = embed_scene(model, inputs, out, stride=args.stride, tile=args.tile, overlap=args.overlap,
                                  batch_size=args.batch_size, device="cpu", dtype="float32", progress=False,
-                                 readers=1, compress=args.compress)
+                                 readers=1, compress=args.compress, cog=False, stac=False)
             best = min(best, write_time[0] / result.tiles)
             out.unlink()
         writer_ms[str(threads)] = best * 1000
