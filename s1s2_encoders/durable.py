@@ -13,6 +13,14 @@ import shutil
 import uuid
 from pathlib import Path
 
+PARTIAL_SUFFIX = ".s1s2-partial"
+
+
+def partial_path(final: Path) -> Path:
+    """The temporary name an output is written under: a hidden sibling ``.NAME.s1s2-partial`` in the
+    same folder, so that the final ``os.replace`` is an atomic rename on one file system."""
+    return final.parent / f".{final.name}{PARTIAL_SUFFIX}"
+
 
 def fsync_path(path: str | os.PathLike[str]) -> None:
     """Flush ``path`` (a folder after a rename inside it) to disk, best effort.

@@ -46,11 +46,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..durable import commit_file
+from ..durable import commit_file, partial_path
 from ..errors import OptionError
 from .grid import Grid
 from .quantize import check_quantize, quantize_int8
-from .writers import partial_path
 
 GEOPARQUET_EXTRA = "pip install 's1s2-encoders[geoparquet]'"
 METADATA_KEY = b"s1s2"

@@ -29,23 +29,17 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from ..durable import atomic_write_text, commit_file, fsync_file
+from ..durable import PARTIAL_SUFFIX, atomic_write_text, commit_file, fsync_file, partial_path
 from ..errors import OptionError, OutputExistsError
 from .cog import Overviews, write_cog
 from .grid import Grid
 
-PARTIAL_SUFFIX = ".s1s2-partial"
 OWN_TAG_PREFIX = "S1S2_"
 """Every dataset tag this package writes starts with it: what marks a file as the package's own."""
 COMPLETE_TAG = "S1S2_COMPLETE"
 BLOCK_W = 256
 BLOCK_H = 32
 COMPRESSIONS = ("deflate", "zstd", "lzw", "none")
-
-
-def partial_path(final: Path) -> Path:
-    """The temporary name an output is written under."""
-    return final.parent / f".{final.name}{PARTIAL_SUFFIX}"
 
 
 def cog_path(final: Path) -> Path:
