@@ -150,8 +150,8 @@ def cog_cost(folder: Path, cells: int, channels: int, quantize: str, compress: s
     sink.temp.unlink()
     cog_path(final).unlink()
     return {"part": "cog", "cells": cells, "channels": channels, "quantize": quantize, "compress": compress,
-            "tiled_write_s": round(tiled_s, 2), "cog_layout_s": round(cog_s, 2), "raw_mib": round(raw_bytes / 2**20, 1),
-            "tiled_mib": round(tiled_bytes / 2**20, 1), "cog_mib": round(cog_bytes / 2**20, 1),
+            "tiled_write_s": round(tiled_s, 4), "cog_layout_s": round(cog_s, 4), "raw_mib": round(raw_bytes / 2**20, 3),
+            "tiled_mib": round(tiled_bytes / 2**20, 3), "cog_mib": round(cog_bytes / 2**20, 3),
             "cog_over_tiled": round(cog_bytes / tiled_bytes, 3),
             "cog_layout_rss_growth_mib": round(memory.peak - memory.before), "peak_rss_mib": round(peak_rss_mib()),
             "gdal_cachemax": os.environ.get("GDAL_CACHEMAX"), "load_average": round(os.getloadavg()[0], 2)}
