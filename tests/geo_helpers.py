@@ -14,14 +14,19 @@ import torch
 from rasterio.crs import CRS
 from rasterio.transform import Affine, from_origin
 
-from conftest import REPO, tiny_config
+from conftest import REPO, TERRAMESH, tiny_config
 from s1s2_encoders import load_backbone
+from s1s2_encoders.geo import SceneInputs
 
 UTM = CRS.from_epsg(32633)
 WGS84 = CRS.from_epsg(4326)
 UTM_TRANSFORM = from_origin(404400.0, 5342400.0, 10.0, 10.0)
 WGS84_TRANSFORM = from_origin(13.25, 48.2, 0.0001, 0.0001)
 BIGEARTHNET = REPO / "examples" / "data" / "bigearthnet"
+TM = "282D_485L_3_3"  # one bundled TerraMesh pair (224 px, S2 L1C with the +1000 offset)
+TM_S1 = TERRAMESH / "S1RTC" / f"{TM}.tif"
+TM_S2 = TERRAMESH / "S2L1C" / f"{TM}.tif"
+TM_INPUTS = SceneInputs(s1=[TM_S1], s2=[TM_S2], s2_offset=1000)
 BEN_PAIRS = (
     ("S1A_IW_GRDH_1SDV_20170613T165043_33UUP_87_48", "S2A_MSIL2A_20170613T101031_87_48"),
     ("S1A_IW_GRDH_1SDV_20170617T064724_29UPU_36_85", "S2A_MSIL2A_20170617T113321_36_85"),

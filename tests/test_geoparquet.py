@@ -14,20 +14,16 @@ import rasterio
 import shapely
 from rasterio.warp import transform_geom
 
-from conftest import TERRAMESH, tiny_model
-from geo_helpers import BEN_PAIRS, BIGEARTHNET, fail_encoding_at, files_in, save_tiny, synthetic_scene, write_raster
+from conftest import tiny_model
+from geo_helpers import (
+    BEN_PAIRS, BIGEARTHNET, TM_INPUTS, TM_S1, TM_S2, fail_encoding_at, files_in, save_tiny, synthetic_scene, write_raster,
+)
 from s1s2_encoders import OptionError
 from s1s2_encoders.cli import main
 from s1s2_encoders.geo import SceneInputs, embed_scene
 from s1s2_encoders.geo.geoparquet import hilbert_index, is_own_parquet, read_chip_metadata
 from s1s2_encoders.geo.quantize import dequantize_int8, normalize_groups
 from s1s2_encoders.geo.writers import is_own_output
-
-TM = "282D_485L_3_3"
-TM_S1 = TERRAMESH / "S1RTC" / f"{TM}.tif"
-TM_S2 = TERRAMESH / "S2L1C" / f"{TM}.tif"
-TM_INPUTS = SceneInputs(s1=[TM_S1], s2=[TM_S2], s2_offset=1000)
-
 
 @pytest.fixture(scope="module")
 def model():

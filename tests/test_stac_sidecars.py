@@ -12,8 +12,10 @@ import rasterio
 import shapely
 from rasterio.warp import transform_bounds
 
-from conftest import TERRAMESH, tiny_model
-from geo_helpers import BEN_PAIRS, BIGEARTHNET, files_in, save_tiny, synthetic_scene, write_raster
+from conftest import tiny_model
+from geo_helpers import (
+    BEN_PAIRS, BIGEARTHNET, TM_INPUTS, TM_S1, TM_S2, files_in, save_tiny, synthetic_scene, write_raster,
+)
 from s1s2_encoders import OptionError, OutputExistsError, S2_L1C_BANDS
 from s1s2_encoders.cli import main
 from s1s2_encoders.geo import SceneInputs, embed_scene
@@ -21,12 +23,6 @@ from s1s2_encoders.geo import stac_item
 from s1s2_encoders.geo.predict import predict_scene
 from s1s2_encoders.geo.writers import is_own_output
 from stac_helpers import per_band, read_bands, s1_rtc_item, s2_item, tiny_segmenter
-
-TM = "282D_485L_3_3"
-TM_S1 = TERRAMESH / "S1RTC" / f"{TM}.tif"
-TM_S2 = TERRAMESH / "S2L1C" / f"{TM}.tif"
-TM_INPUTS = SceneInputs(s1=[TM_S1], s2=[TM_S2], s2_offset=1000)
-
 
 @pytest.fixture(scope="module")
 def model():
