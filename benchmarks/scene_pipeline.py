@@ -114,6 +114,10 @@ def main() -> None:
     parser.add_argument("--cog", action="store_true",
                         help="end-to-end runs also lay the output out as a COG (s1s2 embed's default; off here so that "
                         "(b) measures the streaming pipeline: the layout is a step after it, see benchmarks/output_formats.py)")
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="PyTorch intra-op threads of the end-to-end runs (default 1: the near-free model stands in "
+                        "for a GPU, where the host runs no model threads; with more, OpenMP's idle-spinning compute "
+                        "threads take the cores the readers need)")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "s1s2-scene-pipeline")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH")
     args = parser.parse_args()
@@ -126,6 +130,7 @@ def main() -> None:
 
     import torch
 
+    torch.set_num_threads(max(1, args.torch_threads))
     from scene_memory import write_scene
     from s1s2_encoders import ModelConfig, fixed_clip_scale, load_backbone
     from s1s2_encoders.geo import SceneInputs, embed_scene
@@ -227,7 +232,8 @@ def main() -> None:
     report = {
         "cpu": cpu,
         "scene": {"size": args.size, "tiles": plan.n_tiles, "tile": args.tile, "overlap": args.overlap,
-                  "stride": args.stride, "batch_size": args.batch_size, "gdal_cachemax_mib": int(os.environ["GDAL_CACHEMAX"])},
+                  "stride": args.stride, "batch_size": args.batch_size, "gdal_cachemax_mib": int(os.environ["GDAL_CACHEMAX"]),
+                  "torch_threads": torch.get_num_threads()},
         "reader_only": reader_tps,
         "reader_only_all": {str(n): reader_runs[n] for n in ns},
         "reader_speedup": {str(n): reader_tps[str(n)] / one for n in ns},
