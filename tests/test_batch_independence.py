@@ -69,3 +69,28 @@ def test_a_segmenter_maps_a_sample_the_same_alone_and_in_a_batch_with_nodata():
     alone = segmenter.predict(s1[:1], s2[:1], dtype="float32")
     batch = segmenter.predict(s1_nan, s2_nan, nodata="mask", dtype="float32")
     np.testing.assert_allclose(batch[0], alone[0], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["swin-t", "resnet18"])
+def test_pooled_scene_cells_do_not_depend_on_the_batch_size(arch, tmp_path):
+    """embed_scene(pooled=True) batches the tiles of a scene: partial edge tiles and a tile with
+    invalid pixels share batches with full tiles (262 x 173 px in 64 px cells: edge tiles of 6 and 45 px),
+    and every cell must come out the same at any batch size."""
+    import rasterio
+    from geo_helpers import synthetic_scene, write_raster
+    from s1s2_encoders.geo import SceneInputs, embed_scene
+
+    s1, s2 = synthetic_scene(70 + 64 * 3, 45 + 64 * 2, seed=9)
+    s2[:, 10:20, 70:90] = 0  # S2 nodata (DN 0) inside one full tile
+    p1, p2 = write_raster(tmp_path / "s1.tif", s1), write_raster(tmp_path / "s2.tif", s2)
+    model = tiny_model(arch, "fixed")
+    cells = {}
+    for batch_size in (1, 3, 8):
+        out = tmp_path / f"pooled_{batch_size}.tif"
+        embed_scene(model, SceneInputs(s1=[p1], s2=[p2], s2_offset=0), out, pooled=True, tile=64,
+                    batch_size=batch_size, dtype="float32", progress=False, stac=False, cog=False)
+        with rasterio.open(out) as ds:
+            cells[batch_size] = ds.read()
+    assert cells[1].shape[1:] == (5, 3) and np.isfinite(cells[1]).all()  # edge tiles 6 and 45 px
+    for batch_size in (3, 8):
+        np.testing.assert_allclose(cells[batch_size], cells[1], rtol=0, atol=1e-5)
