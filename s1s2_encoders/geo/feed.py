@@ -25,6 +25,7 @@ import os
 import torch
 
 from ..errors import OptionError
+from ..models.engine import check_batch_size as check_positive_batch_size
 from .readpool import Batch
 
 MAX_AUTO_READERS = 8
@@ -136,8 +137,8 @@ def check_batch_size(batch_size: object) -> None:
     Raises:
         OptionError: anything else.
     """
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise OptionError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if batch_size is not None:
+        check_positive_batch_size(batch_size)
 
 
 class DeviceFeed:

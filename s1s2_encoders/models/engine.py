@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import InputShapeError
+from ..errors import InputShapeError, OptionError
 from ..inputs import ArrayLike, NodataPolicy, PreparedInput, prepare_pair
 from .compute import ComputeChoice, choose_compute, inference_context, run_towers
 from .fast import InferenceTower
@@ -92,8 +92,9 @@ class ModalityBatch:
 
 
 def check_batch_size(batch_size: Any) -> None:
+    """Raises OptionError (a ValueError) unless ``batch_size`` is a positive int."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise OptionError(f"batch_size must be a positive integer, got {batch_size!r}")
 
 
 def compute_device(model: nn.Module, device: str | torch.device | None) -> torch.device:
