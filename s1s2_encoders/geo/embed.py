@@ -72,16 +72,17 @@ def compute_record(choice) -> dict[str, str]:
     return {"dtype": str(choice.dtype).replace("torch.", ""), "device": choice.device.type, "mode": choice.mode}
 
 
-def model_info(model: torch.nn.Module) -> dict[str, str | None]:
-    """What outputs record about the model: name, architecture, weights sha256 (of the config and
-    state dict as loaded, :func:`~s1s2_encoders.geo.scene.model_fingerprint`) and where the weights
-    came from (``provenance.loaded_from``: a Hub repo@revision, the original checkpoint, a folder)."""
+def model_info(model: torch.nn.Module, fingerprint: str) -> dict[str, str | None]:
+    """What outputs record about the model: name, architecture, weights sha256 (``fingerprint``, of the
+    config and state dict as loaded, :func:`~s1s2_encoders.geo.scene.model_fingerprint`: computed once
+    per scene, it hashes every weight) and where the weights came from (``provenance.loaded_from``: a Hub
+    repo@revision, the original checkpoint, a folder)."""
     config = getattr(model, "config", None)
     provenance = getattr(config, "provenance", None) or {}
     return {
         "name": str(getattr(config, "name", type(model).__name__)),
         "architecture": getattr(config, "architecture", None),
-        "weights_sha256": model_fingerprint(model),
+        "weights_sha256": fingerprint,
         "loaded_from": provenance.get("loaded_from") if isinstance(provenance, dict) else None,
     }
 
@@ -256,11 +257,12 @@ def embed_scene(
     def to_int8(values: np.ndarray) -> np.ndarray:  # one (C, n, W) stripe
         return quantize_int8(values, groups, axis=0)
 
-    info = model_info(model) if (chips or stac_path is not None) else None
+    fingerprint = model_fingerprint(model) if (resume or chips or stac_path is not None) else None
+    info = model_info(model, fingerprint) if (chips or stac_path is not None) else None
     extra = 0
     if chips:
-        sink = _chip_sink(output, model, scene, grid, tile, channels, groups, modalities, modality, quantize, info,
-                          engine, tags, files)
+        sink = _chip_sink(output, model, scene, grid, tile, channels, groups, modalities, modality, quantize,
+                          quantization, info, engine, tags, files)
         extra = sink.extra_channels
     elif fmt == "npy":
         sink = NpySink(output, out_grid, channels, descriptions, tags, dtype=quantization["dtype"],
@@ -276,7 +278,7 @@ def embed_scene(
     params = {
         "product": "embed", "inputs": inputs.identity(), "modality": modality, "stride": stride, "pooled": pooled,
         "tile": tile, "overlap": overlap, "fmt": fmt, "compress": compress, "quantize": quantize,
-        "model": model_fingerprint(model) if resume else None,
+        "model": fingerprint if resume else None,
         "compute": compute_record(engine.compute),
     }
     outputs = OutputSet([sink], params, resume=resume, checkpoint_every=checkpoint_every)
@@ -325,8 +327,7 @@ def embed_scene(
             output, asset_key="embeddings", grid=out_grid, product=tags["S1S2_PRODUCT"] + (" chips" if chips else ""),
             model_info=info, tags=tags, sources=files,
             embedding={"type": "chip" if pooled else "pixel", "dimensions": channels,
-                       "data_type": "int8" if quantize == "int8" else "float32",
-                       "quantization": quantization_metadata(quantize, groups, modalities),
+                       "data_type": quantization["dtype"], "quantization": quantization,
                        "chip_size": tile if pooled else None},
             extra_assets={"georeferencing": (sink.sidecar, "application/json", ["metadata"])} if isinstance(sink, NpySink) else None,
             properties={"s1s2:modality": modality, "s1s2:layout": tags["S1S2_LAYOUT"],
@@ -341,7 +342,8 @@ def embed_scene(
 
 
 def _chip_sink(output: Path, model, scene, grid: Grid, tile: int, channels: int, groups, modalities, modality: str,
-               quantize: str, info: dict, engine, tags: dict[str, str], files: dict[str, list[str]]):
+               quantize: str, quantization: dict, info: dict, engine, tags: dict[str, str],
+               files: dict[str, list[str]]):
     """The GeoParquet chip sink of a pooled scene, with its file metadata and per-modality sources."""
     from .geoparquet import ChipSink, chip_id_prefix
 
@@ -366,7 +368,7 @@ def _chip_sink(output: Path, model, scene, grid: Grid, tile: int, channels: int,
         "compute": compute_record(engine.compute),
         "chip_size": tile,
         "pooling": "mean of the last stage's feature map over the chip's valid pixels (S1S2Backbone.embed)",
-        "quantization": quantization_metadata(quantize, groups, modalities),
+        "quantization": quantization,
         "native_crs": grid.crs.to_string() if grid.crs is not None else None,
         "native_crs_wkt": grid.crs.to_wkt() if grid.crs is not None else None,
         "native_transform": [float(v) for v in list(grid.transform)[:6]],

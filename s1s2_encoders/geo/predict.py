@@ -181,10 +181,12 @@ def predict_scene(
         sinks.append(GeoTiffSink(Path(probabilities), out_grid, len(names), "float32", float("nan"), list(names),
                                  {**tags, "S1S2_PRODUCT": f"{task} probabilities"}, compress=compress, cog=cog,
                                  overviews=Overviews("average", float("nan"))))
+    # Hashes every weight: once per scene, for the resume record and the STAC Items.
+    fingerprint = model_fingerprint(model) if (resume or item_paths[0] is not None) else None
     params = {
         "product": "predict", "inputs": inputs.identity(), "tile": plan.tile_h, "overlap": plan.overlap,
         "compress": compress, "probabilities": str(probabilities) if probabilities else None,
-        "model": model_fingerprint(model) if resume else None,
+        "model": fingerprint if resume else None,
         "compute": compute_record(engine.compute),
     }
     outputs = OutputSet(sinks, params, resume=resume, checkpoint_every=checkpoint_every)
@@ -224,7 +226,7 @@ def predict_scene(
                       map_title=f"{'Land cover' if task == 'segmentation' else 'Tile classes'}: {config.name}")
         written.append(Path(preview))
     if item_paths[0] is not None:
-        info = model_info(model)
+        info = model_info(model, fingerprint)
         common = dict(grid=out_grid, model_info=info, tags=tags, sources=files,
                       properties={"s1s2:task": task, "s1s2:class_names": list(names), "s1s2:compute": tags["S1S2_COMPUTE"],
                                   "s1s2:nodata_class": NODATA_CLASS})
