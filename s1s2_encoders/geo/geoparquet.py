@@ -192,7 +192,6 @@ class ChipSink:
         import pyarrow as pa
         import shapely
         from rasterio.crs import CRS
-        from rasterio.warp import transform as warp_points
 
         height, width = self.grid.height, self.grid.width
         n_rows, n_cols = -(-height // self.chip), -(-width // self.chip)
@@ -213,19 +212,8 @@ class ChipSink:
         h = np.minimum(self.chip, height - row).astype(np.int32)
         w = np.minimum(self.chip, width - col).astype(np.int32)
 
-        # Each footprint's ring in pixel coordinates, counter-clockwise on a north-up map (down the
-        # left edge, along the bottom, up the right, back along the top), DENSIFY points per edge.
-        t = np.linspace(0.0, 1.0, DENSIFY, endpoint=False)
-        px = np.concatenate([np.zeros_like(t), t, np.ones_like(t), 1 - t, [0.0]])
-        py = np.concatenate([t, np.ones_like(t), 1 - t, np.zeros_like(t), [0.0]])
-        cols_px = col[:, None] + px[None] * w[:, None]
-        rows_px = row[:, None] + py[None] * h[:, None]
-        a = self.grid.transform
-        xs = a.a * cols_px + a.b * rows_px + a.c
-        ys = a.d * cols_px + a.e * rows_px + a.f
-        lon, lat = warp_points(self.grid.crs, CRS.from_epsg(4326), xs.ravel().tolist(), ys.ravel().tolist())
-        lon = np.asarray(lon).reshape(xs.shape)
-        lat = np.asarray(lat).reshape(xs.shape)
+        xs, ys = self.grid.window_outlines(row, col, h, w, DENSIFY)
+        lon, lat = self.grid.to_lonlat(xs, ys)
         polygons = shapely.orient_polygons(shapely.polygons(np.stack([lon, lat], axis=-1)), exterior_cw=False)
         bounds = shapely.bounds(polygons)  # (N, 4)
 

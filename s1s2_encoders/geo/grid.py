@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 from rasterio.transform import Affine
 from rasterio.crs import CRS
 
@@ -68,6 +69,34 @@ class Grid:
         compose = (lambda a, b: a @ b) if hasattr(Affine, "__matmul__") else (lambda a, b: a * b)
         transform = compose(compose(self.transform, Affine.translation(origin_shift, origin_shift)), Affine.scale(factor))
         return Grid(self.crs, transform, -(-self.width // factor), -(-self.height // factor))
+
+    def window_outlines(self, row, col, height, width, densify: int = 8) -> tuple[np.ndarray, np.ndarray]:
+        """Outlines of pixel windows in the grid's CRS, densified so that they stay close to the true
+        edges once reprojected (:meth:`to_lonlat`).
+
+        Args:
+            row / col / height / width: ``(N,)`` (or scalar) pixel windows of this grid.
+            densify: points per edge.
+
+        Returns:
+            x, y: ``(N, 4 * densify + 1)`` CRS coordinates; each closed ring goes down the left edge, along
+            the bottom, up the right and back along the top (counter-clockwise on a north-up map).
+        """
+        row, col, height, width = (np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in (row, col, height, width))
+        t = np.linspace(0.0, 1.0, densify, endpoint=False)
+        px = np.concatenate([np.zeros_like(t), t, np.ones_like(t), 1 - t, [0.0]])
+        py = np.concatenate([t, np.ones_like(t), 1 - t, np.zeros_like(t), [0.0]])
+        cols_px = col[:, None] + px[None] * width[:, None]
+        rows_px = row[:, None] + py[None] * height[:, None]
+        a = self.transform
+        return a.a * cols_px + a.b * rows_px + a.c, a.d * cols_px + a.e * rows_px + a.f
+
+    def to_lonlat(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """CRS coordinates -> longitude and latitude (EPSG:4326) in degrees, same shapes."""
+        from rasterio.warp import transform as warp_points
+
+        lon, lat = warp_points(self.crs, CRS.from_epsg(4326), np.ravel(x).tolist(), np.ravel(y).tolist())
+        return np.asarray(lon).reshape(np.shape(x)), np.asarray(lat).reshape(np.shape(y))
 
     def describe(self) -> str:
         """One line: CRS, size, pixel size and origin, enough to see why two grids differ."""

@@ -31,8 +31,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
 from .. import __version__
 from ..durable import atomic_write_text
 from ..errors import OptionError, OutputExistsError
@@ -117,15 +115,8 @@ def _asset_file_names(path: Path) -> set[str]:
 
 def footprint_4326(grid: Grid, densify: int = 8) -> tuple[dict[str, Any], list[float]]:
     """The grid's outline as a GeoJSON polygon in EPSG:4326 (``densify`` points per edge) and its bbox."""
-    from rasterio.crs import CRS
-    from rasterio.warp import transform as warp_points
-
-    t = np.linspace(0.0, 1.0, densify, endpoint=False)
-    px = np.concatenate([np.zeros_like(t), t, np.ones_like(t), 1 - t, [0.0]]) * grid.width
-    py = np.concatenate([t, np.ones_like(t), 1 - t, np.zeros_like(t), [0.0]]) * grid.height
-    a = grid.transform
-    xs, ys = a.a * px + a.b * py + a.c, a.d * px + a.e * py + a.f
-    lon, lat = warp_points(grid.crs, CRS.from_epsg(4326), xs.tolist(), ys.tolist())
+    lons, lats = grid.to_lonlat(*grid.window_outlines(0, 0, grid.height, grid.width, densify))
+    lon, lat = lons[0].tolist(), lats[0].tolist()
     ring = [[float(x), float(y)] for x, y in zip(lon, lat)]
     if _signed_area(ring) < 0:  # GeoJSON: exterior rings counter-clockwise
         ring = ring[::-1]
