@@ -105,6 +105,34 @@ def stac_path_for(output: Path, stac: bool, inputs_files: dict[str, list[str]], 
     return stac_item.check_item_path(output, local, overwrite)
 
 
+def stream_and_commit(scene, plan: TilePlan, engine, outputs: OutputSet, infer, *, channels: int,
+                      groups: list[tuple[int, int]] | None, batch_size: int, readers: int | None, start_row: int,
+                      rows: int, progress: Progress, check_units: bool) -> int:
+    """Stream output rows ``start_row`` .. ``rows`` of ``scene`` through ``infer`` into ``outputs`` and commit
+    them (COG layouts included); on any failure or interrupt the outputs are aborted (kept for a resume,
+    or removed). ``start_row == rows``: every row is on disk already and only the commit is left.
+
+    Returns:
+        The number of tiles processed.
+    """
+    try:
+        with writer_env(engine.compute.device):  # GDAL compression threads on CUDA
+            outputs.open(start_row)
+        tiles = 0
+        if start_row < rows:
+            tiles = stream_scene(
+                plan=plan, sources=scene.sources, infer=infer, channels=channels, groups=groups, outputs=outputs,
+                batch_size=batch_size, s2_offset=scene.s2_offset, start_row=start_row, progress=progress,
+                readers=resolve_readers(readers, engine.compute.device), device=engine.compute.device,
+                on_first_batch=lambda b: check_first_batch(scene, b.data, b.valid, check_units),
+            )
+        outputs.commit()
+    except BaseException:
+        outputs.abort()
+        raise
+    return tiles
+
+
 def warn_if_seams(model: torch.nn.Module, plan: TilePlan) -> None:
     """Warn that per-tile max normalisation makes seams when a dense output has several tiles."""
     config = getattr(model, "config", None)
@@ -305,22 +333,11 @@ def embed_scene(
         fractions = [batch.valid_pixels[key][keep] / area for key in ("any", *modalities)]
         return np.concatenate([out, np.stack(fractions, axis=1).astype(np.float32)[:, :, None, None]], axis=1)
 
-    try:
-        with writer_env(engine.compute.device):  # GDAL compression threads on CUDA
-            outputs.open(start_row)
-        tiles = 0
-        if start_row < out_grid.height:
-            tiles = stream_scene(
-                plan=plan, sources=scene.sources, infer=infer, channels=channels + extra,
-                groups=groups + [(channels + k, channels + k + 1) for k in range(extra)], outputs=outputs,
-                batch_size=batch_size, s2_offset=scene.s2_offset, start_row=start_row, progress=bar,
-                readers=resolve_readers(readers, engine.compute.device), device=engine.compute.device,
-                on_first_batch=lambda b: check_first_batch(scene, b.data, b.valid, check_units),
-            )
-        outputs.commit()
-    except BaseException:
-        outputs.abort()
-        raise
+    tiles = stream_and_commit(
+        scene, plan, engine, outputs, infer, channels=channels + extra,
+        groups=groups + [(channels + k, channels + k + 1) for k in range(extra)], batch_size=batch_size,
+        readers=readers, start_row=start_row, rows=out_grid.height, progress=bar, check_units=check_units,
+    )
     written = [output] + ([sink.sidecar] if isinstance(sink, NpySink) else [])
     if stac_path is not None:
         written.append(stac_item.write_stac_item(

@@ -27,11 +27,12 @@ from ..errors import ConfigError, OptionError
 from ..models.backbone import MODALITIES
 from . import stac_item
 from .cog import Overviews
-from .embed import SceneResult, compute_record, model_info, source_files, stac_path_for, warn_if_seams
+from .embed import (SceneResult, compute_record, model_info, source_files, stac_path_for, stream_and_commit,
+                    warn_if_seams)
+from .feed import check_batch_size, check_readers, default_batch_size
 from .progress import Progress
-from .feed import check_batch_size, check_readers, default_batch_size, resolve_readers, writer_env
-from .scene import SceneInputs, check_first_batch, model_fingerprint, open_scene
-from .stream import Batch, stream_scene
+from .scene import SceneInputs, model_fingerprint, open_scene
+from .stream import Batch
 from .tiling import TilePlan
 from .writers import COMPRESSIONS, GeoTiffSink, OutputSet, check_output_path
 
@@ -202,21 +203,9 @@ def predict_scene(
         probs = engine.predict_batch(inputs).cpu().numpy()
         return probs[:, :, None, None] if probs.ndim == 2 else probs
 
-    try:
-        with writer_env(engine.compute.device):  # GDAL compression threads on CUDA
-            outputs.open(start_row)
-        tiles = 0
-        if start_row < out_grid.height:
-            tiles = stream_scene(
-                plan=plan, sources=scene.sources, infer=infer, channels=len(names), groups=None, outputs=outputs,
-                batch_size=batch_size, s2_offset=scene.s2_offset, start_row=start_row, progress=bar,
-                readers=resolve_readers(readers, engine.compute.device), device=engine.compute.device,
-                on_first_batch=lambda b: check_first_batch(scene, b.data, b.valid, check_units),
-            )
-        outputs.commit()
-    except BaseException:
-        outputs.abort()
-        raise
+    tiles = stream_and_commit(scene, plan, engine, outputs, infer, channels=len(names), groups=None,
+                              batch_size=batch_size, readers=readers, start_row=start_row, rows=out_grid.height,
+                              progress=bar, check_units=check_units)
     written = [output] + ([Path(probabilities)] if probabilities is not None else [])
     if preview is not None:
         from .preview import write_preview
